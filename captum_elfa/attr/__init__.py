@@ -1,0 +1,1 @@
+"""Captum attribution classes of captum_elfa."""

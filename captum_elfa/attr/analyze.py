@@ -1,0 +1,286 @@
+"""``analyze``: ExplainableAI.jl's front end over Captum.
+
+``analyze(inputs, analyzer, target=None)`` runs the model once, picks the output to explain
+(each sample's top output when ``target`` is None), computes the analyzer's attribution with
+Captum and returns an :class:`Explanation` that also says how to draw it (its heatmap preset,
+see :func:`captum_elfa.heatmap`).
+"""
+from __future__ import annotations
+
+import numbers
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from captum_elfa._validation import CaptumElfaError, check_choice
+from captum_elfa.attr.analyzers import (
+    PRESETS,
+    EFAM,
+    Analyzer,
+    GradCAM,
+    Gradient,
+    InputTimesGradient,
+    IntegratedGradients,
+    InterpolationAugmentation,
+    NoiseAugmentation,
+    SmoothGrad,
+    as_analyzer,
+)
+
+__all__ = [
+    "Explanation",
+    "analyze",
+    "Analyzer",
+    "Gradient",
+    "InputTimesGradient",
+    "SmoothGrad",
+    "IntegratedGradients",
+    "GradCAM",
+    "EFAM",
+    "NoiseAugmentation",
+    "InterpolationAugmentation",
+]
+
+TargetLike = Union[None, int, Sequence[int], np.ndarray, Tensor]
+
+
+@dataclass(frozen=True, eq=False)
+class Explanation:
+    r"""The result of :func:`analyze` (ExplainableAI.jl's ``Explanation``).
+
+    Attributes:
+        val (Tensor): the attribution, input-shaped (``[N, 1, H, W]`` for CAM-style methods,
+                    upsampled to the input size; the layer-sized map is in ``extras``). A raw
+                    Captum layer attribution keeps Captum's layer shape.
+        output (Tensor): the model output for the inputs, ``[N, K]`` (or ``[N]``).
+        target (Tensor or None): the explained output of each sample, a LongTensor ``[N]``;
+                    None for a model with one output per sample.
+        method (str): the analyzer's name, e.g. ``"Gradient"``.
+        heatmap (str): the heatmap preset: ``"sensitivity"``, ``"attribution"`` or ``"cam"``.
+        extras (dict): method-specific results, e.g. ``"layer_attribution"`` (GradCAM, EFAM),
+                    ``"convergence_delta"`` (IntegratedGradients).
+    """
+
+    val: Tensor
+    output: Tensor
+    target: Optional[Tensor]
+    method: str
+    heatmap: str
+    extras: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_choice("heatmap", self.heatmap, PRESETS)
+
+    def __repr__(self) -> str:
+        target = None if self.target is None else self.target.tolist()
+        return (
+            f"Explanation(method={self.method!r}, heatmap={self.heatmap!r}, "
+            f"val={tuple(self.val.shape)}, output={tuple(self.output.shape)}, target={target}, "
+            f"extras={sorted(self.extras)})"
+        )
+
+
+# -- checks ------------------------------------------------------------------------------------
+def _check_inputs(inputs: Any) -> Tensor:
+    if not isinstance(inputs, Tensor):
+        raise CaptumElfaError(
+            f"inputs must be a torch.Tensor with the batch in dimension 0, got "
+            f"{type(inputs).__name__}"
+        )
+    if inputs.dim() < 2 or inputs.shape[0] == 0:
+        raise CaptumElfaError(
+            f"inputs has shape {tuple(inputs.shape)}; expected a batch (N, ...) with N >= 1, "
+            "e.g. x.unsqueeze(0) for a single image"
+        )
+    if not inputs.is_floating_point():
+        raise CaptumElfaError(
+            f"inputs has dtype {inputs.dtype}; gradients need a floating-point Tensor, "
+            "e.g. inputs.float()"
+        )
+    finite = torch.isfinite(inputs)
+    if not bool(finite.all()):
+        n_nan = int(torch.isnan(inputs).sum())
+        n_inf = int(torch.isinf(inputs).sum())
+        first = tuple(int(i) for i in (~finite).nonzero()[0])
+        raise CaptumElfaError(
+            f"inputs contain {n_nan} NaN and {n_inf} Inf values (first at index {first}); "
+            "analyze needs finite inputs"
+        )
+    return inputs
+
+
+def _check_output(output: Any, n_samples: int) -> Tensor:
+    if not isinstance(output, Tensor):
+        raise CaptumElfaError(
+            f"the model returned a {type(output).__name__}; analyze needs a Tensor of shape "
+            "(N, K) (or (N,)), e.g. wrap the model to return its logits"
+        )
+    if output.dim() not in (1, 2) or output.shape[0] != n_samples:
+        raise CaptumElfaError(
+            f"the model output has shape {tuple(output.shape)} for {n_samples} samples; "
+            f"analyze explains outputs of shape ({n_samples}, K) or ({n_samples},)"
+        )
+    return output
+
+
+def _resolve_target(target: TargetLike, output: Tensor) -> Optional[Tensor]:
+    n_samples = output.shape[0]
+    if output.dim() == 1:
+        if target is not None:
+            raise CaptumElfaError(
+                f"target={_short(target)} but the model has one output per sample (output shape "
+                f"{tuple(output.shape)}); leave target=None"
+            )
+        return None
+    n_out = output.shape[1]
+    if target is None:
+        return output.detach().argmax(dim=1)
+    valid = f"valid output indices are 0..{n_out - 1}"
+    if isinstance(target, bool):
+        raise CaptumElfaError(f"target={target!r} is not valid; {valid}")
+    if isinstance(target, numbers.Integral):
+        t = int(target)
+        if not 0 <= t < n_out:
+            raise CaptumElfaError(f"target={t} is outside the model output; {valid}")
+        return torch.full((n_samples,), t, dtype=torch.long, device=output.device)
+    if isinstance(target, (list, tuple, np.ndarray)):
+        try:
+            target = torch.as_tensor(np.asarray(target))
+        except (TypeError, ValueError) as exc:
+            raise CaptumElfaError(f"target={_short(target)} is not a sequence of ints ({exc})") from None
+    if not isinstance(target, Tensor):
+        raise CaptumElfaError(
+            f"target must be None, an int or one int per sample (list or Tensor), got "
+            f"{type(target).__name__}"
+        )
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise CaptumElfaError(
+            f"target has dtype {target.dtype}; it must hold integer output indices ({valid})"
+        )
+    if target.dim() == 0:
+        target = target.reshape(1).expand(n_samples)
+    if target.dim() != 1 or target.shape[0] != n_samples:
+        raise CaptumElfaError(
+            f"target has shape {tuple(target.shape)} but inputs have {n_samples} samples; "
+            f"give one output index per sample (shape ({n_samples},)) or a single int"
+        )
+    bad = (target < 0) | (target >= n_out)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise CaptumElfaError(
+            f"target[{i}]={int(target[i])} is outside the model output; {valid}"
+        )
+    return target.to(device=output.device, dtype=torch.long)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _root_module(model: Any) -> Optional[nn.Module]:
+    if isinstance(model, nn.Module):
+        return model
+    owner = getattr(model, "__self__", None)  # a bound method such as model.forward
+    return owner if isinstance(owner, nn.Module) else None
+
+
+@contextmanager
+def _preserved_model_state(model: Any) -> Iterator[None]:
+    """Restore the training and ``requires_grad`` flags of every module and parameter."""
+    root = _root_module(model)
+    if root is None:
+        yield
+        return
+    training = [(m, m.training) for m in root.modules()]
+    requires_grad = [(p, p.requires_grad) for p in root.parameters()]
+    try:
+        yield
+    finally:
+        for m, flag in training:
+            if m.training != flag:
+                m.train(flag)
+        for p, flag in requires_grad:
+            if p.requires_grad != flag:
+                p.requires_grad_(flag)
+
+
+# -- analyze -----------------------------------------------------------------------------------
+def analyze(
+    inputs: Tensor,
+    analyzer: Any,
+    target: TargetLike = None,
+    additional_forward_args: Any = None,
+    **attribute_kwargs: Any,
+) -> Explanation:
+    r"""Explain a model's outputs for a batch of inputs (ExplainableAI.jl's ``analyze``).
+
+    The model runs once (without gradients) to give ``Explanation.output``; the explained
+    output of each sample is its top output unless ``target`` says otherwise. The attribution
+    itself is Captum's. The model is left as it was: Captum removes its hooks, and the training
+    and ``requires_grad`` flags of every module and parameter are restored; ``inputs`` is not
+    modified (its ``requires_grad`` and ``grad`` are untouched).
+
+    Args:
+        inputs (Tensor): a batch ``(N, ...)`` of finite floating-point inputs.
+        analyzer (Analyzer or captum.attr.Attribution): one of :class:`Gradient`,
+                    :class:`InputTimesGradient`, :class:`SmoothGrad`,
+                    :class:`IntegratedGradients`, :class:`GradCAM`, :class:`EFAM`,
+                    :class:`NoiseAugmentation`, :class:`InterpolationAugmentation`, or a Captum
+                    attribution object such as ``captum.attr.Saliency(model)`` (its preset is
+                    chosen from its class, see
+                    :class:`~captum_elfa.attr.analyzers.CaptumAttribution`).
+        target (None, int, list of int or Tensor): the output to explain: None for each
+                    sample's argmax, an int for the same output in every sample, or one index
+                    per sample. Default: None.
+        additional_forward_args (Any, optional): further arguments of the model's forward,
+                    as in Captum (Tensors are repeated along dimension 0 by augmentations).
+        **attribute_kwargs: for a raw Captum attribution only, further keyword arguments of
+                    its ``attribute`` (e.g. ``nt_samples=10``, ``abs=False``).
+
+    Returns:
+        :class:`Explanation`: ``val``, ``output``, ``target`` (LongTensor ``[N]``), ``method``,
+        ``heatmap`` and ``extras``.
+
+    Raises:
+        CaptumElfaError: for non-finite inputs, a target outside the output or of the wrong
+                    length, an analyzer that is neither ours nor a Captum attribution.
+
+    Examples::
+
+        >>> expl = analyze(x, SmoothGrad(model, n=50, std=0.1))  # top output of each sample
+        >>> expl = analyze(x, Gradient(model), target=3)
+        >>> expl = analyze(x, captum.attr.Saliency(model))       # preset "sensitivity"
+        >>> img = heatmap(expl)                                   # uint8 [N, H, W, 3]
+    """
+    an = as_analyzer(analyzer, **attribute_kwargs)
+    x = _check_inputs(inputs).detach()
+    if additional_forward_args is not None and not isinstance(additional_forward_args, tuple):
+        additional_forward_args = (additional_forward_args,)
+    an._validate(x)
+    n_samples = x.shape[0]
+    extras: Dict[str, Any] = {}
+    with _preserved_model_state(an.model):
+        with torch.no_grad():
+            output = an.model(x, *(additional_forward_args or ()))
+        output = _check_output(output, n_samples).detach()
+        target_used = _resolve_target(target, output)
+        rows = torch.arange(n_samples, device=x.device)
+        val = an._attribute(x, target_used, additional_forward_args, rows, extras)
+    if not isinstance(val, Tensor) or val.dim() == 0 or val.shape[0] != n_samples:
+        shape = tuple(val.shape) if isinstance(val, Tensor) else type(val).__name__
+        raise CaptumElfaError(
+            f"{an.name} returned an attribution of shape {shape} for {n_samples} samples"
+        )
+    return Explanation(
+        val=val.detach(),
+        output=output,
+        target=target_used,
+        method=an.name,
+        heatmap=an.preset,
+        extras=extras,
+    )

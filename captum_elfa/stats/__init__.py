@@ -1,0 +1,1 @@
+"""Pure statistics on tensors: nothing here knows about ``nn.Module``."""

@@ -1,0 +1,166 @@
+"""Choosing the number of factors from the eigenvalues of a correlation matrix."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from captum_elfa._validation import CaptumElfaError
+
+__all__ = [
+    "kaiser",
+    "variance_fraction",
+    "se_scree",
+    "parallel_eigenvalues",
+    "parallel_analysis",
+    "choose_n_factors",
+    "NFactorsSpec",
+]
+
+NFactorsSpec = Union[int, float, str]
+_METHODS = ("kaiser", "scree", "parallel")
+
+
+def kaiser(eigenvalues: Tensor) -> int:
+    """Number of eigenvalues of the correlation matrix that are at least 1."""
+    return int((eigenvalues >= 1).sum())
+
+
+def variance_fraction(eigenvalues: Tensor, m: float) -> int:
+    """Smallest ``k`` whose ``k`` leading eigenvalues hold at least the fraction ``m`` of the total.
+
+    Note: ``elfa.criteria.variance_nfactors_criterion`` returns one less than this whenever the
+    answer is above 1 (its loop counts the index, not the number, of eigenvalues).
+    """
+    ev = torch.sort(eigenvalues, descending=True).values
+    frac = torch.cumsum(ev, 0) / ev.sum()
+    # small tolerance so that a fraction reached exactly in theory is not missed by rounding
+    k = int((frac < m - 1e-12).sum()) + 1
+    return min(k, ev.numel())
+
+
+def se_scree(eigenvalues: Tensor, n_samples: Optional[int] = None) -> int:
+    """Standard-error scree of Zoski & Jurs (1996).
+
+    Walking ``i`` from the first eigenvalue, the remaining eigenvalues ``ev[i:]`` are regressed on
+    their index; the walk stops at the first ``i`` whose standard error of estimate falls below
+    ``1/C`` and returns ``i`` (at least 1). Like the ELFA reference, the eigenvalues are those of
+    the unbiased covariance of the standardised data, ``R * n / (n - 1)``.
+    """
+    ev = torch.sort(eigenvalues.to(torch.float64), descending=True).values
+    if n_samples is not None and n_samples > 1:
+        ev = ev * (n_samples / (n_samples - 1))
+    c = ev.numel()
+    crit = 1.0 / c
+    e = ev.cpu().numpy()
+    i = 0
+    while i < c - 2:
+        y = e[i:]
+        x = np.arange(i, c, dtype=np.float64)
+        m = y.size
+        xc = x - x.mean()
+        yc = y - y.mean()
+        sxx = float(xc @ xc)
+        sxy = float(xc @ yc)
+        syy = float(yc @ yc)
+        sse = max(syy - sxy * sxy / sxx, 0.0)
+        se = math.sqrt(sse / (m - 2))
+        if se < crit:
+            break
+        i += 1
+    return max(i, 1)
+
+
+def parallel_eigenvalues(
+    n_channels: int, n_samples: int, n_iter: int = 100, random_state: Optional[int] = 0
+) -> Tensor:
+    """Eigenvalues of correlation matrices of uncorrelated normal data, ``[n_iter, C]`` descending.
+
+    Each draw is the correlation matrix of ``n_samples`` independent standard normal samples of
+    ``n_channels`` variables, sampled exactly (Bartlett decomposition of the Wishart matrix), so
+    the cost does not grow with ``n_samples``.
+    """
+    rng = np.random.default_rng(random_state)
+    c = n_channels
+    dof = max(n_samples - 1, c)
+    out = np.empty((n_iter, c))
+    il = np.tril_indices(c, -1)
+    for t in range(n_iter):
+        a = np.zeros((c, c))
+        a[np.diag_indices(c)] = np.sqrt(rng.chisquare(dof - np.arange(c)))
+        a[il] = rng.standard_normal(il[0].size)
+        w = a @ a.T
+        d = 1.0 / np.sqrt(np.diag(w))
+        corr = w * d[:, None] * d[None, :]
+        out[t] = np.linalg.eigvalsh(corr)[::-1]
+    return torch.from_numpy(out)
+
+
+def parallel_analysis(
+    eigenvalues: Tensor,
+    n_samples: int,
+    n_iter: int = 100,
+    quantile: float = 0.95,
+    random_state: Optional[int] = 0,
+) -> tuple[int, Tensor]:
+    """Horn's parallel analysis.
+
+    Keeps the leading eigenvalues that exceed the ``quantile`` of the eigenvalues of the same
+    rank from random uncorrelated data of the same size.
+
+    Returns:
+        (number of factors, the random eigenvalues' quantile per rank [C])
+    """
+    ev = torch.sort(eigenvalues.to(torch.float64).cpu(), descending=True).values
+    rand = parallel_eigenvalues(ev.numel(), n_samples, n_iter, random_state)
+    thresh = torch.quantile(rand, quantile, dim=0)
+    above = (ev > thresh).to(torch.int64)
+    k = int(torch.cumprod(above, 0).sum())
+    return k, thresh
+
+
+def choose_n_factors(
+    spec: NFactorsSpec,
+    eigenvalues: Tensor,
+    n_samples: int,
+    random_state: Optional[int] = 0,
+) -> tuple[int, dict]:
+    """Resolve ``n_factors`` (int, "kaiser", "scree", "parallel" or a float in (0, 1)).
+
+    Returns the count, clipped to ``[1, C-1]`` for the criteria (an explicit int is validated
+    instead), and a dict of extras (the parallel-analysis threshold curve).
+    """
+    c = eigenvalues.numel()
+    extras: dict = {}
+    if isinstance(spec, bool):
+        raise CaptumElfaError(f"n_factors={spec!r} is not valid; {_valid(c)}")
+    if isinstance(spec, (int, np.integer)):
+        k = int(spec)
+        if not 1 <= k <= c - 1:
+            raise CaptumElfaError(f"n_factors={k} is outside [1, {c - 1}] ({c} live channels); {_valid(c)}")
+        return k, extras
+    if isinstance(spec, float):
+        if not (0.0 < spec < 1.0) or math.isnan(spec):
+            raise CaptumElfaError(f"n_factors={spec!r}: a float must be a variance fraction in (0, 1); {_valid(c)}")
+        k = variance_fraction(eigenvalues, spec)
+    elif isinstance(spec, str):
+        if spec == "kaiser":
+            k = kaiser(eigenvalues)
+        elif spec == "scree":
+            k = se_scree(eigenvalues, n_samples)
+        elif spec == "parallel":
+            k, thresh = parallel_analysis(eigenvalues, n_samples, random_state=random_state)
+            extras["parallel_threshold"] = thresh
+        else:
+            raise CaptumElfaError(f"n_factors={spec!r} is not valid; {_valid(c)}")
+    else:
+        raise CaptumElfaError(f"n_factors={spec!r} ({type(spec).__name__}) is not valid; {_valid(c)}")
+    return min(max(k, 1), c - 1), extras
+
+
+def _valid(c: int) -> str:
+    return (f"use an int in [1, {c - 1}], one of {list(_METHODS)}, "
+            "or a float in (0, 1) for a variance fraction")

@@ -1,0 +1,34 @@
+"""Shared fixtures: small real data (scikit-learn's digits) and small CNNs built in the tests."""
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(scope="session")
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 8x8 digits as (N, 1, 8, 8) float32 in [0, 1] and their labels."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(d.target, dtype=torch.long)
+    return x, y
+
+
+from helpers import SmallCNN
+
+
+@pytest.fixture
+def small_cnn() -> SmallCNN:
+    return SmallCNN().eval()
+
+

@@ -1,0 +1,71 @@
+"""Helpers shared by the tests: small CNNs, the reference's data matrix, model-state checks."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class SmallCNN(nn.Module):
+    """conv(1->c1) -> ReLU -> conv(c1->c2) -> ReLU -> global pool -> linear(10)."""
+
+    def __init__(self, c1: int = 12, c2: int = 20, n_dead: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv1 = nn.Conv2d(1, c1, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c2, 10)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            if n_dead:
+                # dead ReLU channels: zero weights, negative bias -> always 0 after ReLU
+                self.conv2.weight[:n_dead] = 0.0
+                self.conv2.bias[:n_dead] = -1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        return self.fc(self.pool(h).flatten(1))
+
+
+def layer_matrix(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """The reference's data matrix: every pixel of every image a row, channels as columns."""
+    acts = []
+    h = layer.register_forward_hook(lambda m, i, o: acts.append(o.detach().clone()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        h.remove()
+    a = acts[0]
+    if a.dim() == 2:
+        return a.double().numpy()
+    return a.permute(0, 2, 3, 1).reshape(-1, a.shape[1]).double().numpy()
+
+
+def standardise(a: np.ndarray) -> np.ndarray:
+    return (a - a.mean(0)) / a.std(0)
+
+
+def model_state(model: nn.Module) -> dict:
+    """Everything that must be unchanged after captum_elfa touched the model."""
+    return {
+        "training": [m.training for m in model.modules()],
+        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "params": [p.detach().clone() for p in model.parameters()],
+        "hooks": [
+            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
+            for m in model.modules()
+        ],
+    }
+
+
+def assert_same_state(before: dict, after: dict) -> None:
+    assert before["training"] == after["training"]
+    assert before["requires_grad"] == after["requires_grad"]
+    assert before["hooks"] == after["hooks"]
+    for a, b in zip(before["params"], after["params"]):
+        assert torch.equal(a, b)
