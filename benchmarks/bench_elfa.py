@@ -1,0 +1,390 @@
+"""Benchmark LayerFactorAnalysis (ELFA) on torchvision ResNet-18 (random weights).
+
+Prints, in one run:
+
+(1) the whole ELFA pipeline (adequacy, factor count, fit, validity metrics, EFAM) against the
+    reference ``elfa`` 0.0.8 (``criteria``, ``layerfa``, ``attr_maps``) on the same layer1
+    activations of 32 images of 224x224 (32 x 64 x 56 x 56: 100,352 samples x 64 channels);
+    target >= 20x. Each pipeline runs in its own fresh Python process, so that its peak memory
+    can be read from the process's resident-set high-water mark; a few of the numbers both
+    compute are printed side by side;
+(2) ``fit`` through ResNet-18 against the bare forward pass over the same batches (warm-up, then
+    interleaved repeats, median); target <= 1.3x at layer1 (layer3 and layer4 for information).
+
+Usage::
+
+    python benchmarks/bench_elfa.py                       # 32 images, as the issue asks
+    python benchmarks/bench_elfa.py --threads 2 --repeats 7
+    python benchmarks/bench_elfa.py --skip-reference      # only ours (no elfa needed)
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+
+SPEEDUP_TARGET = 20.0
+FIT_RATIO_TARGET = 1.3
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ----------------------------------------------------------------------------------------------
+# shared helpers
+# ----------------------------------------------------------------------------------------------
+def timed(fn):
+    t0 = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t0, result
+
+
+def sample_images(n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` seeded random 224x224 crops (with horizontal flips) of scikit-learn's two bundled
+    photos (427x640), normalised with the ImageNet mean and std: [n, 3, 224, 224] float32."""
+    from sklearn.datasets import load_sample_images
+
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 224, 224, 3), dtype=np.float32)
+    for i in range(n):
+        img = photos[rng.integers(len(photos))]
+        top = rng.integers(img.shape[0] - 224 + 1)
+        left = rng.integers(img.shape[1] - 224 + 1)
+        crop = img[top:top + 224, left:left + 224]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out[i] = crop / 255.0
+    out = (out - np.array(IMAGENET_MEAN, dtype=np.float32)) / np.array(IMAGENET_STD, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(out.transpose(0, 3, 1, 2)))
+
+
+def resnet18() -> torch.nn.Module:
+    import torchvision
+
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None).eval()
+
+
+def layer_output(model: torch.nn.Module, layer: torch.nn.Module, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    store: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda m, i, o: store.append(o.detach().clone()))
+    try:
+        with torch.no_grad():
+            for b in torch.split(images, batch_size):
+                model(b)
+    finally:
+        handle.remove()
+    return torch.cat(store)
+
+
+def set_threads(threads: int | None) -> None:
+    """Same thread count for torch and for the BLAS numpy / scikit-learn use."""
+    if threads:
+        torch.set_num_threads(threads)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _maxrss_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+# ----------------------------------------------------------------------------------------------
+# (1) the two pipelines, each run in a fresh process by ``--worker``
+# ----------------------------------------------------------------------------------------------
+def worker_reference(acts_nchw: np.ndarray, out: str, repeats: int) -> dict:
+    """The reference ELFA pipeline (elfa 0.0.8 with its defaults) on the activations."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        from elfa import attr_maps, criteria, layerfa
+    n, c, h, w = acts_nchw.shape
+    # elfa gets its activations from TensorFlow, natively (N, H, W, C): its reshape to
+    # (N*H*W, C) is free there, so the layout change is done before the clock starts.
+    nhwc = np.ascontiguousarray(acts_nchw.transpose(0, 2, 3, 1))
+    del acts_nchw
+
+    def pipeline() -> dict:
+        data = nhwc.reshape(n * h * w, c)
+        data = (data - np.mean(data, axis=0)) / np.std(data, axis=0)  # as elfa's get_fa_input
+        chi2, p = criteria.bartletts_test(data)
+        kmo = criteria.kmo_test(data)
+        eig, k = criteria.eigenvalues_criterion(data)
+        wt, lfa, latent = layerfa.lfa_output(data, k, h, w)
+        u, covu, comm, residuals, corr_coef = criteria.check_fa_fit(data, wt, latent, lfa, verbose=False)
+        r2 = layerfa.get_determination_coef(data, lfa)
+        fvar, pvar, cvar = layerfa.get_factors_variance(wt)
+        totvar = layerfa.get_totvar_explained(wt, data)
+        efam = attr_maps.efam_factors(wt, latent, (h, w))
+        # D1 and D> are printed by check_fa_fit, not returned: recomputed (untimed) below
+        return dict(data=data, chi2=chi2, p=p, kmo=kmo, k=k, wt=wt, lfa=lfa, latent=latent, covu=covu,
+                    residuals=residuals, corr_coef=corr_coef, r2=r2, fvar=fvar, totvar=totvar, efam=efam)
+
+    rss0, max0 = _rss_kib(), _maxrss_kib()
+    times = []
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("always")
+        for _ in range(repeats):
+            t, res = timed(pipeline)
+            times.append(t)
+    peak = _maxrss_kib()
+    covu = res["covu"]
+    dg = np.diag(np.diagonal(covu))
+    d1 = np.linalg.norm(dg) / np.linalg.norm(covu)
+    d_greater = np.linalg.norm(dg) / np.linalg.norm(covu - dg)
+    sv = np.linalg.norm(layerfa._calc_corr_matrix(res["lfa"].get_covariance()))
+    ss = np.linalg.norm(np.corrcoef(res["data"], rowvar=False))
+    np.savez(out.replace(".json", ".npz"), wt=res["wt"], latent=res["latent"], efam=res["efam"])
+    return dict(
+        times=times, rss0_kib=rss0, maxrss0_kib=max0, peak_kib=peak,
+        warnings=sorted({f"{type(w.message).__name__}: {w.message}" for w in caught}),
+        k=int(res["k"]), kmo=float(res["kmo"]), chi2=float(res["chi2"]), p=float(res["p"]),
+        r2=float(res["r2"]), d1=float(d1), d_greater=float(d_greater),
+        res=float(np.linalg.norm(res["residuals"]) / (sv + ss)),
+        res_max=float(res["residuals"].max()), res_min=float(res["residuals"].min()),
+        gamma2_p20=float(np.percentile(res["corr_coef"], 20)), totvar=float(res["totvar"]),
+        loglike=float(res["lfa"].score(res["data"])), n_iter=int(res["lfa"].n_iter_),
+        data_dtype=str(res["data"].dtype),
+    )
+
+
+def worker_ours(acts_nchw: np.ndarray, out: str, repeats: int) -> dict:
+    """captum_elfa's public API over the activations themselves (Identity as model and layer)."""
+    from captum_elfa.attr.layer_factor_analysis import LayerFactorAnalysis
+
+    acts = torch.from_numpy(acts_nchw)
+    ident = torch.nn.Identity()
+
+    def pipeline():
+        lfa = LayerFactorAnalysis(ident, ident).fit(acts, n_factors="kaiser", rotation="varimax",
+                                                   progress=False, batch_size=8)
+        return lfa, lfa.attribute(acts)
+
+    rss0, max0 = _rss_kib(), _maxrss_kib()
+    times = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(repeats):
+            t, (lfa, efam) = timed(pipeline)
+            times.append(t)
+    peak = _maxrss_kib()
+    m, a = lfa.metrics_, lfa.adequacy_
+    np.savez(out.replace(".json", ".npz"), loadings=lfa.loadings_.numpy(), efam=efam.numpy())
+    return dict(
+        times=times, rss0_kib=rss0, maxrss0_kib=max0, peak_kib=peak,
+        warnings=sorted({f"{type(w.message).__name__}: {w.message}" for w in caught}),
+        k=lfa.n_factors_, kmo=a.kmo, chi2=a.bartlett_chi2, p=a.bartlett_p, r2=m.r2, d1=m.d1,
+        d_greater=m.d_greater, res=m.res, res_max=m.res_max, res_min=m.res_min,
+        gamma2_p20=m.gamma2_p20, totvar=m.total_variance_explained, loglike=m.loglike,
+        n_iter=lfa.n_iter_, dead=len(lfa.dead_channels_),
+    )
+
+
+def run_worker(which: str, acts_path: str, args: argparse.Namespace, repeats: int) -> dict:
+    out = acts_path.replace(".npy", f"_{which}.json")
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", which, "--acts", acts_path,
+           "--out", out, "--repeats", str(repeats)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{which} worker failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    with open(out) as f:
+        res = json.load(f)
+    res.update({k: v for k, v in np.load(out.replace(".json", ".npz")).items()})
+    return res
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    set_threads(args.threads)
+    acts = np.load(args.acts)
+    fn = worker_reference if args.worker == "reference" else worker_ours
+    res = fn(acts, args.out, args.repeats)
+    res["threads"] = torch.get_num_threads()
+    with open(args.out, "w") as f:
+        json.dump(res, f)
+
+
+def match_factors(w_ours: np.ndarray, w_ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order and signs that map the reference's factors onto ours (Hungarian on |loadings'
+    cosine|): returns (perm, sign) such that ``w_ref[:, perm] * sign`` ~ ``w_ours``."""
+    from scipy.optimize import linear_sum_assignment
+
+    a = w_ours / np.linalg.norm(w_ours, axis=0)
+    b = w_ref / np.linalg.norm(w_ref, axis=0)
+    cos = a.T @ b  # [k_ours, k_ref]
+    rows, cols = linear_sum_assignment(-np.abs(cos))
+    perm = cols[np.argsort(rows)]
+    sign = np.sign(cos[np.arange(len(perm)), perm])
+    return perm, sign
+
+
+def mib(kib: float) -> float:
+    return kib / 1024.0
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8, help="batch size of fit and of the bare forward pass")
+    parser.add_argument("--layers", default="layer1,layer3,layer4",
+                        help="layers for (2), comma-separated; the target is checked at layer1")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads and BLAS threads (default: torch's)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timings of (2), median; and timings of our pipeline in (1)")
+    parser.add_argument("--skip-reference", action="store_true", help="do not run elfa in (1)")
+    parser.add_argument("--worker", choices=("reference", "ours"), help=argparse.SUPPRESS)
+    parser.add_argument("--acts", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker_main(args)
+        return
+    set_threads(args.threads)
+
+    from captum_elfa.attr.layer_factor_analysis import LayerFactorAnalysis
+
+    t_start = time.perf_counter()
+    model = resnet18()
+    images = sample_images(args.images)
+    acts = layer_output(model, model.layer1, images, args.batch_size)
+    n, c, h, w = acts.shape
+    print(f"ResNet-18 (random init, seed 0) on {args.images} seeded 224x224 crops of scikit-learn's sample photos; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
+
+    # ------------------------------------------------------------------------------------------
+    # (1) whole pipeline vs elfa, on the same activations
+    # ------------------------------------------------------------------------------------------
+    print(f"\n(1) whole ELFA pipeline on layer1 activations {tuple(acts.shape)} = {n * h * w:,} samples x {c} channels")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "acts.npy")
+        np.save(path, acts.numpy())
+        ours = run_worker("ours", path, args, max(1, args.repeats))
+        ref = None if args.skip_reference else run_worker("reference", path, args, 1)
+
+    t_ours_cold, t_ours = ours["times"][0], statistics.median(ours["times"])
+    m_ours = mib(ours["peak_kib"] - ours["rss0_kib"])
+    acts_mib = acts.numel() * 4 / 2**20
+    runs = lambda ts: "" if len(ts) == 1 else "  (median of " + ", ".join(f"{t:.3f}" for t in ts) + ")"  # noqa: E731
+    print("    each pipeline runs once in a fresh process holding the float32 activations "
+          f"({acts_mib:.1f} MiB); 'peak memory' is the process's\n"
+          "    resident-set high-water mark (getrusage ru_maxrss) minus its resident set just before "
+          "the pipeline, i.e. the extra memory it needs at its peak")
+    print(f"    captum_elfa : {t_ours:8.3f} s{runs(ours['times'])}   peak memory +{m_ours:7.1f} MiB")
+    speedup = None
+    if ref is not None:
+        t_ref = ref["times"][0]
+        m_ref = mib(ref["peak_kib"] - ref["rss0_kib"])
+        speedup = t_ref / t_ours
+        print(f"    elfa 0.0.8  : {t_ref:8.3f} s   peak memory +{m_ref:7.1f} MiB   "
+              f"(randomized SVD, varimax, max_iter 2000: {ref['n_iter']} ML iterations; data {ref['data_dtype']})")
+        print(f"    speed-up    : {speedup:8.1f} x   (target >= {SPEEDUP_TARGET:.0f} x; "
+              f"{t_ref / t_ours_cold:.1f} x against our first, cold call)   memory ratio {m_ref / max(m_ours, 1e-9):.1f} x")
+        for name, r in (("elfa", ref), ("captum_elfa", ours)):
+            for msg in r["warnings"]:
+                print(f"    warning in {name}: {msg.splitlines()[0][:150]}")
+
+        # agreement
+        wt, latent = ref["wt"], ref["latent"]
+        w_ours = ours["loadings"]
+        perm, sign = match_factors(w_ours, wt.T) if ref["k"] == ours["k"] else (None, None)
+        print("\n    agreement        elfa 0.0.8        captum_elfa       |delta|")
+        rows = [("factors k (Kaiser)", "k"), ("KMO", "kmo"), ("Bartlett chi2", "chi2"), ("R2", "r2"),
+                ("D1", "d1"), ("D>", "d_greater"), ("Res", "res"), ("Res max", "res_max"), ("Res min", "res_min"),
+                ("gamma2 p20", "gamma2_p20"), ("total var. expl.", "totvar"), ("loglike / sample", "loglike")]
+        for label, key in rows:
+            a, b = ref[key], ours[key]
+            if key == "k":
+                print(f"    {label:<18} {a:>12d}      {b:>12d}")
+            else:
+                print(f"    {label:<18} {a:>16.10g}  {b:>16.10g}  {abs(a - b):9.2e}")
+        if perm is not None:
+            from elfa import attr_maps
+
+            w_ref = (wt.T)[:, perm] * sign
+            print(f"    loadings W [C x k], max |delta| after matching factor order and sign: {np.abs(w_ref - w_ours).max():.2e}"
+                  f"  (max |W| {np.abs(w_ours).max():.2f})")
+            # EFAM: elfa's factors in our sign convention (each factor's loadings sum positive)
+            s = np.sign(wt.sum(1))
+            efam_ref = attr_maps.efam_factors(wt * s[:, None], latent * s[None, :], (h, w))
+            efam_ours = ours["efam"][:, 0]
+            raw = np.abs(ref["efam"] - efam_ours).max()
+            print(f"    EFAM [N, H, W] (max_min), max |delta| after matching factor signs: "
+                  f"{np.abs(efam_ref - efam_ours).max():.2e}   (elfa's own, unmatched signs: {raw:.2e})")
+        print("    (elfa stops at scikit-learn's tol=1e-2 on the total log-likelihood with a randomized SVD; "
+              "captum_elfa goes to the ML optimum)")
+
+    # ------------------------------------------------------------------------------------------
+    # (2) fit through ResNet-18 vs the bare forward pass
+    # ------------------------------------------------------------------------------------------
+    batches = torch.split(images, args.batch_size)
+    print(f"\n(2) fit(images, batch_size={args.batch_size}) through ResNet-18 vs bare forward pass over the same "
+          f"{len(batches)} batches ({args.images} images); warm-up, {args.repeats} interleaved repeats, median")
+
+    def bare() -> None:
+        with torch.no_grad():
+            for b in batches:
+                model(b)
+
+    fit_rows = []
+    for name in [s.strip() for s in args.layers.split(",") if s.strip()]:
+        layer = getattr(model, name)
+        lfa = LayerFactorAnalysis(model, layer)
+        fit = lambda: lfa.fit(images, progress=False, batch_size=args.batch_size)  # noqa: E731
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            bare(), fit()  # warm-up
+            fwd_t, fit_t = [], []
+            for i in range(args.repeats):  # interleaved, alternating which goes first
+                order = (("fwd", bare), ("fit", fit)) if i % 2 == 0 else (("fit", fit), ("fwd", bare))
+                for tag, fn in order:
+                    (fwd_t if tag == "fwd" else fit_t).append(timed(fn)[0])
+        t_fwd, t_fit = statistics.median(fwd_t), statistics.median(fit_t)
+        shape = (args.images,) + tuple(lfa.activation_shape_)
+        samples = args.images * shape[2] * shape[3]
+        print(f"    {name}: output {shape} = {samples:,} samples x {shape[1]} channels, k = {lfa.n_factors_}")
+        print(f"        bare forward : {t_fwd:7.3f} s{runs(fwd_t)}")
+        print(f"        fit          : {t_fit:7.3f} s{runs(fit_t)}")
+        print(f"        ratio        : {t_fit / t_fwd:7.3f}" + (f"   (target <= {FIT_RATIO_TARGET})" if name == "layer1" else ""))
+        fit_rows.append((name, t_fwd, t_fit))
+
+    # ------------------------------------------------------------------------------------------
+    # summary
+    # ------------------------------------------------------------------------------------------
+    print("\nSummary")
+    print(f"    {'measure':<44} {'value':>9}  {'target':>8}  verdict")
+    if speedup is not None:
+        print(f"    {'(1) pipeline speed-up vs elfa 0.0.8, layer1':<44} {speedup:8.1f}x  {'>= 20x':>8}  "
+              f"{'PASS' if speedup >= SPEEDUP_TARGET else 'FAIL'}")
+    else:
+        print(f"    {'(1) pipeline speed-up vs elfa 0.0.8, layer1':<44} {'skipped':>9}  {'>= 20x':>8}  -")
+    for name, t_fwd, t_fit in fit_rows:
+        ratio = t_fit / t_fwd
+        label = f"(2) fit / bare forward, {name}"
+        if name == "layer1":
+            print(f"    {label:<44} {ratio:8.2f}x  {'<= 1.3x':>8}  {'PASS' if ratio <= FIT_RATIO_TARGET else 'FAIL'}")
+        else:
+            print(f"    {label:<44} {ratio:8.2f}x  {'-':>8}  (info)")
+    print(f"\nTotal wall time {time.perf_counter() - t_start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
