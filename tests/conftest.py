@@ -1,8 +1,6 @@
 """Shared fixtures: small real data (scikit-learn's digits) and small CNNs built in the tests."""
 from __future__ import annotations
 
-import os
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -10,7 +8,15 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
+
+# The tests' matrices are small: OpenBLAS worker threads spinning against torch's own threads on
+# a 2-core machine made the scikit-learn oracles 10x slower (numpy 1.26's OpenBLAS especially).
+_BLAS_LIMIT = threadpool_limits(limits=1, user_api="blas")
+
+
+from helpers import SmallCNN  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -22,9 +28,6 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
     y = torch.tensor(d.target, dtype=torch.long)
     return x, y
-
-
-from helpers import SmallCNN
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from captum.attr import LayerAttribution
 from torch import Tensor, nn
 
 from captum_elfa._capture import Inputs, LayerCapture, check_activation_shape, iter_batches
-from captum_elfa._progress import progress_bar
+from captum_elfa._progress import n_batches as _n_batches, progress_bar
 from captum_elfa._validation import CaptumElfaError, NotFittedError, check_choice
 from captum_elfa.stats.adequacy import Adequacy, adequacy
 from captum_elfa.stats.factor_model import ROTATIONS, fit_factor_model, score_weights
@@ -131,7 +131,7 @@ class LayerFactorAnalysis(LayerAttribution):
         cap = LayerCapture(self.forward_func, self.layer, on_output)
         with cap:
             n_batches = 0
-            for i, batch in enumerate(progress_bar(iter_batches(inputs, batch_size), progress, "ELFA fit")):
+            for i, batch in enumerate(progress_bar(iter_batches(inputs, batch_size), progress, "ELFA fit", _n_batches(inputs, batch_size))):
                 cap.run(batch, i, additional_forward_args)
                 n_batches += 1
         if n_batches == 0 or acc.moments is None:

@@ -17,7 +17,7 @@ from captum.attr import NeuronAttribution
 from torch import Tensor, nn
 
 from captum_elfa._capture import Inputs, LayerCapture, check_activation_shape, iter_batches
-from captum_elfa._progress import progress_bar
+from captum_elfa._progress import n_batches as _n_batches, progress_bar
 from captum_elfa._validation import CaptumElfaError, NotFittedError
 from captum_elfa.stats.ace import ACEResult, ace, standardized_components
 
@@ -253,7 +253,7 @@ class NeuronPCACE(NeuronAttribution):
         ys: List[Tensor] = []
         with cap:
             batches = iter_batches(inputs, batch_size)
-            for i, batch in enumerate(progress_bar(batches, progress, "PCACE")):
+            for i, batch in enumerate(progress_bar(batches, progress, "PCACE", _n_batches(inputs, batch_size))):
                 before = store.count
                 output = cap.run(batch, i, additional_forward_args)
                 ys.append(_select_target(output, target, store.count - before, i))
