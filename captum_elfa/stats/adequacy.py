@@ -5,7 +5,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-from scipy.stats import chi2 as _chi2
+from scipy.special import chdtrc as _chi2_sf
 from torch import Tensor
 
 __all__ = ["Adequacy", "bartlett_sphericity", "kmo", "adequacy", "safe_inverse"]
@@ -62,7 +62,7 @@ def bartlett_sphericity(r: Tensor, n: int) -> tuple[float, int, float, float]:
     log_det = float(logdet) if float(sign) > 0 else -math.inf
     stat = -log_det * (n - 1 - (2 * c + 5) / 6)
     dof = c * (c - 1) // 2
-    p = float(_chi2.sf(stat, dof)) if math.isfinite(stat) else 0.0
+    p = float(_chi2_sf(dof, stat)) if math.isfinite(stat) else 0.0
     return float(stat), dof, p, log_det
 
 
