@@ -22,6 +22,13 @@ from captum_elfa.attr.analyze import (
 )
 from captum_elfa.attr.layer_factor_analysis import LayerFactorAnalysis
 from captum_elfa.attr.neuron_pcace import ACETransforms, ChannelRanking, NeuronPCACE
+from captum_elfa.optim import (
+    ActivationMaxResult,
+    InversionResult,
+    invert_factor,
+    maximize_channel,
+    maximize_channels,
+)
 from captum_elfa.visualization import heatmap
 
 __version__ = "0.1.0"
@@ -31,6 +38,11 @@ __all__ = [
     "NeuronPCACE",
     "ChannelRanking",
     "ACETransforms",
+    "invert_factor",
+    "maximize_channel",
+    "maximize_channels",
+    "InversionResult",
+    "ActivationMaxResult",
     "analyze",
     "Explanation",
     "heatmap",

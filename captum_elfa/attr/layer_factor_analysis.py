@@ -12,6 +12,7 @@ from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
 from captum_elfa._capture import Inputs, LayerCapture, check_activation_shape, iter_batches
+from captum_elfa._distributed import is_distributed
 from captum_elfa._progress import n_batches as _n_batches, progress_bar
 from captum_elfa._validation import CaptumElfaError, NotFittedError, check_choice
 from captum_elfa.stats.adequacy import Adequacy, adequacy
@@ -87,8 +88,20 @@ class LayerFactorAnalysis(LayerAttribution):
         progress: bool = True,
         batch_size: int = 64,
         random_state: Optional[int] = 0,
+        distributed: bool = True,
     ) -> "LayerFactorAnalysis":
         r"""Stream the layer's activations and fit the factor model.
+
+        With an initialised ``torch.distributed`` process group of several ranks (and
+        ``distributed=True``), each rank streams its own ``inputs`` and the ranks' statistics
+        (count, mean, co-moments) are combined with the same merge, in rank order: every rank
+        ends with the identical model, equal (to rounding) to that of one process fitting all
+        ranks' inputs in rank order. ``fit`` is then a collective (every rank must call it); a
+        rank may have no batch. Errors are raised on every rank: NaN/Inf activations on any rank
+        (named with its rank and batch), ranks with different channel counts, and an error
+        raised while a rank streams its batches (that rank raises its own error, the others a
+        ``DistributedError``, which is a ``CaptumElfaError``). A rank that dies or hangs leaves
+        the others waiting for the process group's timeout.
 
         Args:
             inputs (Tensor, iterable of Tensors or DataLoader): the images. A Tensor is processed
@@ -105,6 +118,9 @@ class LayerFactorAnalysis(LayerAttribution):
             progress (bool): show a tqdm progress bar over batches. Default: True.
             batch_size (int): chunk size when ``inputs`` is a single Tensor. Default: 64.
             random_state (int, optional): seed of parallel analysis. Default: 0.
+            distributed (bool): combine the statistics of all ranks when a ``torch.distributed``
+                        process group is initialised; False fits on this rank's inputs alone.
+                        Default: True.
 
         Returns:
             LayerFactorAnalysis: ``self``, fitted.
@@ -129,18 +145,33 @@ class LayerFactorAnalysis(LayerAttribution):
                 )
             acc.update(a, index)
 
+        sync = distributed and is_distributed()
         cap = LayerCapture(self.forward_func, self.layer, on_output)
-        with cap:
-            n_batches = 0
-            for i, batch in enumerate(progress_bar(iter_batches(inputs, batch_size), progress, "ELFA fit", _n_batches(inputs, batch_size))):
-                cap.run(batch, i, additional_forward_args)
-                n_batches += 1
+        try:
+            with cap:
+                n_batches = 0
+                for i, batch in enumerate(progress_bar(iter_batches(inputs, batch_size), progress, "ELFA fit", _n_batches(inputs, batch_size))):
+                    cap.run(batch, i, additional_forward_args)
+                    n_batches += 1
+        except Exception:
+            if sync:  # join the collective as failed: the other ranks raise instead of waiting
+                try:
+                    acc.all_reduce(failed=True)
+                except Exception:  # pragma: no cover - the original error matters more
+                    pass
+            raise
+        if sync:  # every rank now holds the statistics of all ranks' batches, merged in rank order
+            acc.all_reduce()
+            n_batches = acc.batches
+            if acc.spatial is not None:
+                spatial["shape"] = acc.spatial
         if n_batches == 0 or acc.moments is None:
             raise CaptumElfaError("inputs yielded no batch (an empty DataLoader or iterable); pass at least one batch of images")
         bad = acc.first_nonfinite()
         if bad >= 0:
             raise CaptumElfaError(
-                f"layer '{cap.layer_name}' produced NaN or Inf activations in batch {bad}; "
+                f"layer '{cap.layer_name}' produced NaN or Inf activations in batch {bad}"
+                f"{'' if acc.nonfinite_rank is None else f' of rank {acc.nonfinite_rank}'}; "
                 "check the inputs and the model (every activation must be finite)"
             )
         # the C x C algebra is small: BLAS worker threads spinning against torch's would cost
@@ -182,6 +213,11 @@ class LayerFactorAnalysis(LayerAttribution):
         dead = _is_dead(mean, var)
         live = torch.nonzero(~dead).flatten()
         c_live = live.numel()
+        if n < 2:
+            raise CaptumElfaError(
+                f"{n} samples (images x pixels) for {c} channels: a factor model needs more "
+                f"samples than channels; pass more images (at least {c + 1} samples)"
+            )
         if c_live == 0:
             raise CaptumElfaError(
                 f"all {c} channels of the layer are dead (constant over every pixel of every "
@@ -311,6 +347,12 @@ class LayerFactorAnalysis(LayerAttribution):
                 cap.run(batch, i, additional_forward_args)
         if not chunks:
             raise CaptumElfaError("inputs yielded no batch; pass at least one image")
+        sizes = sorted({tuple(c.shape[2:]) for c in chunks})
+        if len(sizes) > 1:
+            raise CaptumElfaError(
+                f"the batches give maps of different sizes {sizes}; maps are returned as one "
+                "Tensor, so pass images of one size (or call attribute once per size)"
+            )
         return torch.cat(chunks, 0)
 
     def factor_scores(self, inputs: Union[Tensor, Inputs], additional_forward_args: Any = None, batch_size: int = 64) -> Tensor:

@@ -16,6 +16,7 @@ import torch
 from captum.attr import NeuronAttribution
 from torch import Tensor, nn
 
+from captum_elfa import _distributed as _dist
 from captum_elfa._capture import Inputs, LayerCapture, check_activation_shape, iter_batches
 from captum_elfa._progress import n_batches as _n_batches, progress_bar
 from captum_elfa._validation import CaptumElfaError, NotFittedError
@@ -168,8 +169,20 @@ class NeuronPCACE(NeuronAttribution):
         additional_forward_args: Any = None,
         progress: bool = True,
         batch_size: int = 64,
+        distributed: bool = True,
     ) -> Tensor:
         r"""Score every channel of the layer.
+
+        With an initialised ``torch.distributed`` process group of several ranks (and
+        ``distributed=True``), each rank runs the model on its own ``inputs``; the activations
+        and target scores of all ranks are then gathered in rank order and every rank computes
+        the identical scores, equal to those of one process given all ranks' images in rank
+        order (every rank then holds all images' activations). ``attribute`` is then a
+        collective (every rank must call it); a rank may have fewer than 10 images or none (the
+        minimum applies to the total). An error raised while a rank runs its batches is raised
+        there, and the other ranks raise a ``DistributedError`` (a ``CaptumElfaError``); errors
+        on the gathered data are raised on every rank. A rank that dies or hangs leaves the
+        others waiting for the process group's timeout.
 
         Args:
             inputs (Tensor, iterable of Tensors or DataLoader): at least 10 images (the authors
@@ -186,6 +199,9 @@ class NeuronPCACE(NeuronAttribution):
                         the input, as in Captum.
             progress (bool): show a tqdm progress bar over the batches. Default: True.
             batch_size (int): chunk size when ``inputs`` is a single Tensor. Default: 64.
+            distributed (bool): gather the images of all ranks when a ``torch.distributed``
+                        process group is initialised; False scores this rank's images alone.
+                        Default: True.
 
         Returns:
             Tensor: ``[C]`` float64 PCACE scores in [0, 1], on the device of the activations.
@@ -199,13 +215,14 @@ class NeuronPCACE(NeuronAttribution):
         """
         n_components = self._check_n_components(n_components)
         self._check_target_type(target)
-        if isinstance(inputs, Tensor) and inputs.dim() > 0 and inputs.shape[0] < MIN_IMAGES:
+        sync = distributed and _dist.is_distributed()
+        if not sync and isinstance(inputs, Tensor) and inputs.dim() > 0 and inputs.shape[0] < MIN_IMAGES:
             raise CaptumElfaError(
                 f"PCACE needs at least {MIN_IMAGES} images, got {inputs.shape[0]}; pass more images "
                 "(the authors use 300 of one class)"
             )
         acts, y, layer_name, spatial = self._capture(
-            inputs, target, n_components, additional_forward_args, progress, batch_size
+            inputs, target, n_components, additional_forward_args, progress, batch_size, sync
         )
         _, n, p = acts.shape
         if n < MIN_IMAGES:
@@ -246,17 +263,30 @@ class NeuronPCACE(NeuronAttribution):
         additional_forward_args: Any,
         progress: bool,
         batch_size: int,
+        sync: bool = False,
     ) -> tuple[Tensor, Tensor, str, tuple]:
         total = int(inputs.shape[0]) if isinstance(inputs, Tensor) and inputs.dim() > 0 else None
         cap = LayerCapture(self.forward_func, self.layer, lambda a, i: store.add(a, i))
         store = _ActivationStore(total, cap.layer_name, n_components)
         ys: List[Tensor] = []
-        with cap:
-            batches = iter_batches(inputs, batch_size)
-            for i, batch in enumerate(progress_bar(batches, progress, "PCACE", _n_batches(inputs, batch_size))):
-                before = store.count
-                output = cap.run(batch, i, additional_forward_args)
-                ys.append(_select_target(output, target, store.count - before, i))
+        try:
+            with cap:
+                batches = iter_batches(inputs, batch_size)
+                for i, batch in enumerate(progress_bar(batches, progress, "PCACE", _n_batches(inputs, batch_size))):
+                    before = store.count
+                    output = cap.run(batch, i, additional_forward_args)
+                    ys.append(_select_target(output, target, store.count - before, i))
+        except Exception:
+            if sync:  # join the collective as failed: the other ranks raise instead of waiting
+                try:
+                    _dist.gather_header([0, -1, -1, -1], failed=True)
+                except Exception:  # pragma: no cover - the original error matters more
+                    pass
+            raise
+        if sync:
+            local = (store.result(), torch.cat(ys)) if ys and store.count > 0 else None
+            acts, y, spatial = _gather_ranks(local, store.spatial)
+            return acts, y, cap.layer_name, spatial
         if not ys:
             raise CaptumElfaError("inputs yielded no batch (an empty DataLoader or iterable); pass at least 10 images")
         return store.result(), torch.cat(ys), cap.layer_name, store.spatial
@@ -422,6 +452,36 @@ def _chunk_channels(n: int, p: int) -> int:
     (the centred maps and a product of the same size, and the ``min(N, P)`` square Gram matrix)."""
     per_channel = 8 * (2 * n * p + min(n, p) ** 2)
     return max(1, _CHUNK_BYTES // per_channel)
+
+
+def _gather_ranks(local: Optional[tuple[Tensor, Tensor]], spatial: Optional[tuple]) -> tuple[Tensor, Tensor, tuple]:
+    """All ranks' activations ``[C, N_r, P]`` and targets ``[N_r]``, concatenated in rank order
+    (every rank gets the same), with the activation shape ``(C, H, W)``. A collective.
+
+    Sizes go first (a rank may have no image), then the tensors padded to the largest ``N_r``,
+    trimmed after the gather.
+    """
+    n_local = 0 if local is None else int(local[0].shape[1])
+    shape = list(spatial) if local is not None and spatial is not None else [-1, -1, -1]
+    headers = _dist.gather_header([n_local] + shape)
+    shapes = [tuple(h[1:]) if h[0] > 0 else None for h in headers]
+    common = _dist.single_value("activation shape (C, H, W)", shapes)
+    if common is None:
+        raise CaptumElfaError(
+            f"inputs yielded no image on any of the {len(headers)} ranks (empty DataLoaders or "
+            f"iterables); pass at least {MIN_IMAGES} images in all"
+        )
+    c, h, w = common
+    sizes = [hd[0] for hd in headers]
+    if local is None:
+        device = _dist.comm_device()
+        acts = torch.zeros(c, 0, h * w, dtype=torch.float32, device=device)
+        y = torch.zeros(0, dtype=torch.float64, device=device)
+    else:
+        acts, y = local[0], local[1].to(torch.float64)
+    all_acts = _dist.all_gather_padded(acts.to(torch.float32), sizes, 1)
+    all_y = _dist.all_gather_padded(y, sizes, 0)
+    return torch.cat(all_acts, 1), torch.cat(all_y), (c, h, w)
 
 
 def _describe(t: Tensor) -> str:
