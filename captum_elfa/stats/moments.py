@@ -87,9 +87,10 @@ class RunningMoments:
     def update(self, x: Tensor, batch_index: int) -> None:
         bm = batch_moments(x)
         finite = torch.isfinite(bm.mean).all() & torch.isfinite(torch.diagonal(bm.comoment)).all()
-        idx = torch.tensor(batch_index, device=bm.mean.device)
         if self._first_bad is None:
             self._first_bad = torch.full((), -1, dtype=torch.long, device=bm.mean.device)
+        # filled on the device: no host-to-device copy, no synchronisation per batch
+        idx = torch.full_like(self._first_bad, batch_index)
         self._first_bad = torch.where((self._first_bad < 0) & ~finite, idx, self._first_bad)
         self.moments = bm if self.moments is None else self.moments.merge(bm)
         if self.spatial is None:
