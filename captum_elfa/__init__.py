@@ -20,6 +20,7 @@ from captum_elfa.attr.analyze import (
     SmoothGrad,
     analyze,
 )
+from captum_elfa.attr.compare_layers import LayerComparison, compare_layers
 from captum_elfa.attr.layer_factor_analysis import LayerFactorAnalysis
 from captum_elfa.attr.neuron_pcace import ACETransforms, ChannelRanking, NeuronPCACE
 from captum_elfa.optim import (
@@ -38,6 +39,8 @@ __all__ = [
     "NeuronPCACE",
     "ChannelRanking",
     "ACETransforms",
+    "compare_layers",
+    "LayerComparison",
     "invert_factor",
     "maximize_channel",
     "maximize_channels",

@@ -108,3 +108,55 @@ def test_mixed_precision_activations_accumulate_in_float64(digits, dtype):
     torch.testing.assert_close(lfa.correlation_, torch.corrcoef(flat[:, live].T), rtol=1e-7, atol=1e-9)
     assert lfa.mean_.dtype == torch.float64
     assert torch.isfinite(lfa.attribute(x[:3].to(dtype))).all()
+
+
+def _bad_calls():
+    """Every ELFA bad-input row that raises: (name, call(model, x), expected error)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    def fit(**kw):
+        return lambda m, x: LayerFactorAnalysis(m, m.relu2).fit(x, progress=False, **kw)
+
+    def nan_input(m, x):
+        x = x.clone()
+        x[5] = float("nan")
+        LayerFactorAnalysis(m, m.relu2).fit(x, progress=False)
+
+    def raising_loader(m, x):
+        def gen():
+            yield x[:20]
+            raise RuntimeError("corrupt image")
+        LayerFactorAnalysis(m, m.relu2).fit(gen(), progress=False)
+
+    def fitted_then(call):
+        def run(m, x):
+            lfa = LayerFactorAnalysis(m, m.relu2).fit(x, n_factors=2, progress=False)
+            call(lfa, x)
+        return run
+
+    return [
+        ("nan", nan_input, CaptumElfaError),
+        ("n_factors=0", fit(n_factors=0), CaptumElfaError),
+        ("n_factors=-2", fit(n_factors=-2), CaptumElfaError),
+        ("n_factors>=live", fit(n_factors=16), CaptumElfaError),
+        ("n_factors='bad'", fit(n_factors="bad"), CaptumElfaError),
+        ("rotation", fit(rotation="oblimin"), CaptumElfaError),
+        ("empty loader", lambda m, x: LayerFactorAnalysis(m, m.relu2).fit(
+            DataLoader(TensorDataset(x[:0]), batch_size=4), progress=False), CaptumElfaError),
+        ("not in model", lambda m, x: LayerFactorAnalysis(m, nn.ReLU()).fit(x, progress=False), CaptumElfaError),
+        ("raises midway", raising_loader, RuntimeError),
+        ("normalize", fitted_then(lambda lfa, x: lfa.attribute(x[:2], normalize="sigmoid")), CaptumElfaError),
+        ("factor index", fitted_then(lambda lfa, x: lfa.attribute(x[:2], factors=[9])), CaptumElfaError),
+    ]
+
+
+@pytest.mark.parametrize("name,call,error", _bad_calls(), ids=[c[0] for c in _bad_calls()])
+def test_bad_input_leaves_the_model_unchanged(digits, name, call, error):
+    model = SmallCNN(c1=12, c2=16, seed=2).train()
+    model.conv2.bias.requires_grad_(False)
+    before = model_state(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(error):
+            call(model, digits[0][:60])
+    assert_same_state(before, model_state(model))

@@ -1,0 +1,151 @@
+"""compare_layers: one pass over the data, results equal to separate per-layer runs."""
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from captum_elfa import CaptumElfaError, LayerFactorAnalysis, NeuronPCACE
+from captum_elfa.attr.compare_layers import LayerComparison, compare_layers
+from helpers import SmallCNN, assert_same_state, model_state
+
+pytestmark = pytest.mark.filterwarnings("ignore:Heywood case:RuntimeWarning")
+
+
+@pytest.fixture(scope="module")
+def x150(digits):
+    return digits[0][:150]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return SmallCNN(c1=12, c2=16, seed=3).eval()
+
+
+@pytest.fixture(scope="module")
+def comparison(model, x150):
+    layers = {"conv1": model.relu1, "conv2": model.conv2, "relu2": model.relu2}
+    return compare_layers(model, layers, x150, target=3, n_factors="kaiser", progress=False, batch_size=40)
+
+
+class CountingModel(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.inner(x)
+
+
+def test_equals_separate_runs(model, x150, comparison):
+    assert isinstance(comparison, LayerComparison)
+    assert comparison.names == ["conv1", "conv2", "relu2"]
+    for name, layer in (("conv1", model.relu1), ("conv2", model.conv2), ("relu2", model.relu2)):
+        ref = LayerFactorAnalysis(model, layer).fit(x150, n_factors="kaiser", progress=False, batch_size=40)
+        got = comparison.elfa[name]
+        assert got.n_factors_ == ref.n_factors_
+        for attr in ("mean_", "correlation_", "loadings_", "uniquenesses_", "score_weights_"):
+            torch.testing.assert_close(getattr(got, attr), getattr(ref, attr), rtol=0, atol=1e-8)
+        assert abs(got.adequacy_.kmo - ref.adequacy_.kmo) < 1e-8
+        assert abs(got.metrics_.r2 - ref.metrics_.r2) < 1e-8
+        assert got.activation_shape_ == ref.activation_shape_
+        torch.testing.assert_close(got.attribute(x150[:5]), ref.attribute(x150[:5]), rtol=0, atol=1e-6)
+        pc = NeuronPCACE(model, layer).attribute(x150, target=3, progress=False, batch_size=40)
+        torch.testing.assert_close(comparison.pcace[name], pc, rtol=0, atol=1e-8)
+        row = comparison.row(name)
+        assert row["channels"] == ref.n_channels_ and row["n_factors"] == ref.n_factors_
+        assert row["dead"] == ref.dead_channels_.numel()
+        assert row["kmo"] == pytest.approx(ref.adequacy_.kmo, abs=1e-8)
+        assert row["pcace_max"] == pytest.approx(float(pc.max()), abs=1e-8)
+        assert row["pcace_top_channels"][0] == int(NeuronPCACE(model, layer).rank_channels(pc).channels[0])
+
+
+def test_model_runs_once_per_batch_and_state_restored(x150):
+    inner = SmallCNN(c1=12, c2=16, seed=3)
+    inner.train()
+    inner.fc.weight.requires_grad_(False)
+    model = CountingModel(inner)
+    model.train()
+    before = model_state(model)
+    with pytest.warns(UserWarning, match="training mode"):
+        out = compare_layers(model, [inner.relu1, inner.relu2], x150, target=0, progress=False, batch_size=32)
+    assert model.calls == 5  # ceil(150 / 32), not 5 per layer
+    assert out.names == ["inner.relu1", "inner.relu2"]
+    assert_same_state(before, model_state(model))
+    assert model.training and inner.relu1.training
+
+
+def test_state_restored_when_a_batch_raises(x150):
+    model = SmallCNN(c1=12, c2=16, seed=3)
+    before = model_state(model)
+    bad = [x150[:20], torch.zeros(20, 1, 4)]  # the second batch breaks the convolution
+    with pytest.raises(Exception), pytest.warns(UserWarning, match="training mode"):
+        compare_layers(model, [model.relu1, model.relu2], bad, target=0, progress=False)
+    assert_same_state(before, model_state(model))
+
+
+def test_to_dict_and_figure(comparison):
+    d = comparison.to_dict(reports=True)
+    text = json.dumps(d)
+    assert "relu2" in text and len(d["rows"]) == 3 and set(d["elfa"]) == {"conv1", "conv2", "relu2"}
+    fig = comparison.figure()
+    assert len([a for a in fig.axes if a.get_visible()]) >= 4
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    assert buf.getbuffer().nbytes > 5000
+
+
+def test_without_pcace_and_skipped_pcace(model, x150):
+    out = compare_layers(model, {"a": model.relu1}, x150[:6], pcace=False, progress=False)
+    assert out.pcace == {} and out.rows[0]["pcace_max"] is None
+    with pytest.warns(UserWarning, match="PCACE is skipped"):
+        out = compare_layers(model, {"a": model.relu1}, x150, progress=False)
+    assert out.pcace == {}
+    fig = out.figure()
+    assert fig is not None
+
+
+def test_regression_target_none_and_callable(x150):
+    model = nn.Sequential(SmallCNN(c1=12, c2=16, seed=4), nn.Linear(10, 1)).eval()
+    a = compare_layers(model, [model[0].relu2], x150, target=None, progress=False)
+    b = compare_layers(model, [model[0].relu2], x150, target=lambda o: o[:, 0] * 2.0, progress=False)
+    pc = NeuronPCACE(model, model[0].relu2).attribute(x150, progress=False)
+    torch.testing.assert_close(a.pcace["0.relu2"], pc, rtol=0, atol=1e-8)
+    torch.testing.assert_close(b.pcace["0.relu2"], pc, rtol=0, atol=1e-6)  # ACE is scale-invariant
+
+
+def test_errors(model, x150):
+    with pytest.raises(CaptumElfaError, match="empty"):
+        compare_layers(model, [], x150, progress=False)
+    with pytest.raises(CaptumElfaError, match="twice"):
+        compare_layers(model, [model.relu1, model.relu1], x150, progress=False)
+    with pytest.raises(CaptumElfaError, match="not a submodule"):
+        compare_layers(model, [nn.ReLU()], x150, progress=False)
+    with pytest.raises(CaptumElfaError, match="at least 10"):
+        compare_layers(model, [model.relu1], x150[:5], target=1, progress=False)
+    with pytest.raises(CaptumElfaError, match="n_factors"):
+        compare_layers(model, [model.relu1], x150, n_factors="bogus", progress=False)
+    with pytest.raises(CaptumElfaError, match="out of range"):
+        compare_layers(model, [model.relu1], x150, target=12, progress=False)
+    shared = nn.ReLU()
+    twice = nn.Sequential(nn.Conv2d(1, 4, 3), shared, nn.Conv2d(4, 4, 3), shared).eval()
+    with pytest.raises(CaptumElfaError, match="2 times"):
+        compare_layers(twice, [shared], x150, pcace=False, progress=False)
+    assert all(len(m._forward_hooks) == 0 for m in twice.modules())
+
+
+def test_dataloader_and_uneven_batches_match_tensor(model, x150, comparison):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader = DataLoader(TensorDataset(x150, torch.zeros(150, dtype=torch.long)), batch_size=40)
+    a = compare_layers(model, {"relu2": model.relu2}, loader, target=3, progress=False)
+    b = compare_layers(model, {"relu2": model.relu2}, iter([x150[:40], x150[40:80], x150[80:120], x150[120:]]),
+                       target=3, progress=False)
+    for out in (a, b):
+        torch.testing.assert_close(out.pcace["relu2"], comparison.pcace["relu2"], rtol=0, atol=1e-8)
+        torch.testing.assert_close(out.elfa["relu2"].loadings_, comparison.elfa["relu2"].loadings_, rtol=0, atol=1e-8)
