@@ -98,26 +98,25 @@ def ortho_rotation(loadings: Tensor, method: str = "varimax", tol: float = 1e-6,
     """Orthogonal rotation of loadings ``[C, k]`` (Kaiser's varimax or quartimax).
 
     The same iteration as scikit-learn's ``FactorAnalysis(rotation=...)`` (raw, unnormalised).
+    Computed with numpy: the matrices are small, and numpy's BLAS threads are the ones ``fit``
+    limits (torch's intra-op threads made 100 tiny SVDs take seconds on a busy 2-core machine).
     """
-    comp = loadings.to(torch.float64)
+    if method not in ("varimax", "quartimax"):
+        raise CaptumElfaError(f"rotation={method!r} is not valid; choose one of {list(ROTATIONS)}")
+    comp = loadings.detach().to(torch.float64).cpu().numpy()
     nrow, ncol = comp.shape
-    rot = torch.eye(ncol, dtype=comp.dtype, device=comp.device)
+    rot = np.eye(ncol)
     var = 0.0
     for _ in range(max_iter):
         cr = comp @ rot
-        if method == "varimax":
-            tmp = cr * ((cr**2).sum(0) / nrow)
-        elif method == "quartimax":
-            tmp = torch.zeros_like(cr)
-        else:
-            raise CaptumElfaError(f"rotation={method!r} is not valid; choose one of {list(ROTATIONS)}")
-        u, s, vh = torch.linalg.svd(comp.T @ (cr**3 - tmp))
+        tmp = cr * ((cr**2).sum(0) / nrow) if method == "varimax" else 0.0
+        u, s, vh = np.linalg.svd(comp.T @ (cr**3 - tmp))
         rot = u @ vh
         var_new = float(s.sum())
         if var != 0 and var_new < var * (1 + tol):
             break
         var = var_new
-    return comp @ rot
+    return torch.from_numpy(comp @ rot).to(loadings.device)
 
 
 def _orient(loadings: Tensor) -> Tensor:
