@@ -23,6 +23,7 @@ Usage::
     python benchmarks/bench_elfa.py --threads 2 --repeats 7
     python benchmarks/bench_elfa.py --skip-reference      # only ours (no elfa needed)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,7 +68,7 @@ def sample_images(n: int, seed: int = 0) -> torch.Tensor:
         img = photos[rng.integers(len(photos))]
         top = rng.integers(img.shape[0] - 224 + 1)
         left = rng.integers(img.shape[1] - 224 + 1)
-        crop = img[top:top + 224, left:left + 224]
+        crop = img[top : top + 224, left : left + 224]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
         out[i] = crop / 255.0
@@ -119,7 +120,7 @@ class PeakMemory:
     ``getrusage().ru_maxrss`` would not do: it never goes down, and in a process started by
     fork + exec it starts at the parent's resident set size."""
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
@@ -150,7 +151,9 @@ def _elfa_pipeline(nhwc: np.ndarray, converged: bool = False) -> dict:
     kmo = criteria.kmo_test(data)
     eig, k = criteria.eigenvalues_criterion(data)
     if converged:
-        lfa = FactorAnalysis(n_components=k, svd_method="lapack", tol=1e-8, max_iter=10000, rotation="varimax").fit(data)
+        lfa = FactorAnalysis(n_components=k, svd_method="lapack", tol=1e-8, max_iter=10000, rotation="varimax").fit(
+            data
+        )
         wt, latent = lfa.components_, lfa.transform(data)
     else:
         wt, lfa, latent = layerfa.lfa_output(data, k, h, w)
@@ -159,8 +162,23 @@ def _elfa_pipeline(nhwc: np.ndarray, converged: bool = False) -> dict:
     fvar, pvar, cvar = layerfa.get_factors_variance(wt)
     totvar = layerfa.get_totvar_explained(wt, data)
     efam = attr_maps.efam_factors(wt, latent, (h, w))
-    return dict(data=data, chi2=chi2, p=p, kmo=kmo, k=k, wt=wt, lfa=lfa, latent=latent, covu=covu,
-                residuals=residuals, corr_coef=corr_coef, r2=r2, fvar=fvar, totvar=totvar, efam=efam)
+    return dict(
+        data=data,
+        chi2=chi2,
+        p=p,
+        kmo=kmo,
+        k=k,
+        wt=wt,
+        lfa=lfa,
+        latent=latent,
+        covu=covu,
+        residuals=residuals,
+        corr_coef=corr_coef,
+        r2=r2,
+        fvar=fvar,
+        totvar=totvar,
+        efam=efam,
+    )
 
 
 def _elfa_numbers(res: dict) -> dict:
@@ -173,13 +191,20 @@ def _elfa_numbers(res: dict) -> dict:
     sv = np.linalg.norm(layerfa._calc_corr_matrix(res["lfa"].get_covariance()))
     ss = np.linalg.norm(np.corrcoef(res["data"], rowvar=False))
     return dict(
-        k=int(res["k"]), kmo=float(res["kmo"]), chi2=float(res["chi2"]), p=float(res["p"]),
-        r2=float(res["r2"]), d1=float(np.linalg.norm(dg) / np.linalg.norm(covu)),
+        k=int(res["k"]),
+        kmo=float(res["kmo"]),
+        chi2=float(res["chi2"]),
+        p=float(res["p"]),
+        r2=float(res["r2"]),
+        d1=float(np.linalg.norm(dg) / np.linalg.norm(covu)),
         d_greater=float(np.linalg.norm(dg) / np.linalg.norm(covu - dg)),
         res=float(np.linalg.norm(res["residuals"]) / (sv + ss)),
-        res_max=float(res["residuals"].max()), res_min=float(res["residuals"].min()),
-        gamma2_p20=float(np.percentile(res["corr_coef"], 20)), totvar=float(res["totvar"]),
-        loglike=float(res["lfa"].score(res["data"])), n_iter=int(res["lfa"].n_iter_),
+        res_max=float(res["residuals"].max()),
+        res_min=float(res["residuals"].min()),
+        gamma2_p20=float(np.percentile(res["corr_coef"], 20)),
+        totvar=float(res["totvar"]),
+        loglike=float(res["lfa"].score(res["data"])),
+        n_iter=int(res["lfa"].n_iter_),
     )
 
 
@@ -187,7 +212,7 @@ def worker_reference(acts_nchw: np.ndarray, out: str, repeats: int) -> dict:
     """elfa 0.0.8 on the activations: timed ``repeats`` times with its defaults (deterministic: its
     randomized SVD is seeded), then once, untimed, converged."""
     with contextlib.redirect_stdout(io.StringIO()):
-        import elfa.attr_maps, elfa.criteria, elfa.layerfa  # noqa: F401,E401  (imports outside the clock)
+        import elfa.attr_maps  # noqa: F401,E401  (imports outside the clock)
     # elfa gets its activations from TensorFlow, natively (N, H, W, C): its reshape to (N*H*W, C)
     # is free there, so the layout change is made before the clock starts. float64 so that the
     # numbers compare at full precision (a float32 standardisation alone moves the log-likelihood
@@ -206,11 +231,24 @@ def worker_reference(acts_nchw: np.ndarray, out: str, repeats: int) -> dict:
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t_conv, conv = timed(lambda: _elfa_pipeline(nhwc, converged=True))
-    np.savez(out.replace(".json", ".npz"), wt=res["wt"], latent=res["latent"], efam=res["efam"],
-             conv_wt=conv["wt"], conv_latent=conv["latent"])
-    return dict(times=times, extra_kib=mem.extra_kib, rss0_kib=mem.start_kib, mem_method=mem.method,
-                warnings=sorted({f"{type(w.message).__name__}: {w.message}" for w in caught}),
-                converged=_elfa_numbers(conv), t_converged=t_conv, **numbers)
+    np.savez(
+        out.replace(".json", ".npz"),
+        wt=res["wt"],
+        latent=res["latent"],
+        efam=res["efam"],
+        conv_wt=conv["wt"],
+        conv_latent=conv["latent"],
+    )
+    return dict(
+        times=times,
+        extra_kib=mem.extra_kib,
+        rss0_kib=mem.start_kib,
+        mem_method=mem.method,
+        warnings=sorted({f"{type(w.message).__name__}: {w.message}" for w in caught}),
+        converged=_elfa_numbers(conv),
+        t_converged=t_conv,
+        **numbers,
+    )
 
 
 def worker_ours(acts_nchw: np.ndarray, out: str, repeats: int) -> dict:
@@ -221,8 +259,9 @@ def worker_ours(acts_nchw: np.ndarray, out: str, repeats: int) -> dict:
     ident = torch.nn.Identity().eval()  # eval: LayerCapture warns about a module in training mode
 
     def pipeline():
-        lfa = LayerFactorAnalysis(ident, ident).fit(acts, n_factors="kaiser", rotation="varimax",
-                                                   progress=False, batch_size=8)
+        lfa = LayerFactorAnalysis(ident, ident).fit(
+            acts, n_factors="kaiser", rotation="varimax", progress=False, batch_size=8
+        )
         return lfa, lfa.attribute(acts)
 
     with warnings.catch_warnings(record=True) as caught:
@@ -236,19 +275,43 @@ def worker_ours(acts_nchw: np.ndarray, out: str, repeats: int) -> dict:
     m, a = lfa.metrics_, lfa.adequacy_
     np.savez(out.replace(".json", ".npz"), loadings=lfa.loadings_.numpy(), efam=efam.numpy())
     return dict(
-        times=times, extra_kib=mem.extra_kib, rss0_kib=mem.start_kib, mem_method=mem.method,
+        times=times,
+        extra_kib=mem.extra_kib,
+        rss0_kib=mem.start_kib,
+        mem_method=mem.method,
         warnings=sorted({f"{type(w.message).__name__}: {w.message}" for w in caught}),
-        k=lfa.n_factors_, kmo=a.kmo, chi2=a.bartlett_chi2, p=a.bartlett_p, r2=m.r2, d1=m.d1,
-        d_greater=m.d_greater, res=m.res, res_max=m.res_max, res_min=m.res_min,
-        gamma2_p20=m.gamma2_p20, totvar=m.total_variance_explained, loglike=m.loglike,
-        n_iter=lfa.n_iter_, dead=len(lfa.dead_channels_),
+        k=lfa.n_factors_,
+        kmo=a.kmo,
+        chi2=a.bartlett_chi2,
+        p=a.bartlett_p,
+        r2=m.r2,
+        d1=m.d1,
+        d_greater=m.d_greater,
+        res=m.res,
+        res_max=m.res_max,
+        res_min=m.res_min,
+        gamma2_p20=m.gamma2_p20,
+        totvar=m.total_variance_explained,
+        loglike=m.loglike,
+        n_iter=lfa.n_iter_,
+        dead=len(lfa.dead_channels_),
     )
 
 
 def run_worker(which: str, acts_path: str, args: argparse.Namespace, repeats: int) -> dict:
     out = acts_path.replace(".npy", f"_{which}.json")
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", which, "--acts", acts_path,
-           "--out", out, "--repeats", str(repeats)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        which,
+        "--acts",
+        acts_path,
+        "--out",
+        out,
+        "--repeats",
+        str(repeats),
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -295,10 +358,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8, help="batch size of fit and of the bare forward pass")
-    parser.add_argument("--layers", default="layer1,layer3,layer4",
-                        help="layers for (2), comma-separated; the target is checked at layer1")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads and BLAS threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved timings of (2), median; in (1) ours runs this many times, elfa min(3, this)")
+    parser.add_argument(
+        "--layers",
+        default="layer1,layer3,layer4",
+        help="layers for (2), comma-separated; the target is checked at layer1",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads and BLAS threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="interleaved timings of (2), median; in (1) ours runs this many times, elfa min(3, this)",
+    )
     parser.add_argument("--skip-reference", action="store_true", help="do not run elfa in (1)")
     parser.add_argument("--worker", choices=("reference", "ours"), help=argparse.SUPPRESS)
     parser.add_argument("--acts", help=argparse.SUPPRESS)
@@ -316,9 +389,11 @@ def main() -> None:
     images = sample_images(args.images)
     acts = layer_output(model, model.layer1, images, args.batch_size)
     n, c, h, w = acts.shape
-    print(f"ResNet-18 (random init, seed 0) on {args.images} seeded 224x224 crops of scikit-learn's sample photos; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          "load average %.2f %.2f %.2f" % os.getloadavg())
+    print(
+        f"ResNet-18 (random init, seed 0) on {args.images} seeded 224x224 crops of scikit-learn's sample photos; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        "load average %.2f %.2f %.2f" % os.getloadavg()
+    )
 
     # ------------------------------------------------------------------------------------------
     # (1) whole pipeline vs elfa, on the same activations
@@ -334,22 +409,29 @@ def main() -> None:
     m_ours = mib(ours["extra_kib"])
     acts_mib = acts.numel() * 4 / 2**20
     runs = lambda ts, what="median": "" if len(ts) == 1 else f"  ({what} of " + ", ".join(f"{t:.3f}" for t in ts) + ")"  # noqa: E731
-    print(f"    Each pipeline runs in a fresh process that holds the activations ({acts_mib:.1f} MiB float32; elfa's copy "
-          "is float64 in its own layout).\n"
-          f"    Peak memory = the process's resident-set high-water mark during the first run ({ours['mem_method']}), "
-          "minus its resident\n    set just before it: the extra memory the pipeline needs at its peak "
-          f"(resident before: ours {mib(ours['rss0_kib']):.0f} MiB"
-          + ("" if ref is None else f", elfa {mib(ref['rss0_kib']):.0f} MiB") + ", mostly libraries).")
+    print(
+        f"    Each pipeline runs in a fresh process that holds the activations ({acts_mib:.1f} MiB float32; elfa's copy "
+        "is float64 in its own layout).\n"
+        f"    Peak memory = the process's resident-set high-water mark during the first run ({ours['mem_method']}), "
+        "minus its resident\n    set just before it: the extra memory the pipeline needs at its peak "
+        f"(resident before: ours {mib(ours['rss0_kib']):.0f} MiB"
+        + ("" if ref is None else f", elfa {mib(ref['rss0_kib']):.0f} MiB")
+        + ", mostly libraries)."
+    )
     print(f"    captum_elfa : {t_ours:8.3f} s{runs(ours['times'])}   peak memory +{m_ours:6.1f} MiB")
     speedup = None
     if ref is not None:
         t_ref = statistics.median(ref["times"])
         m_ref = mib(ref["extra_kib"])
         speedup = t_ref / t_ours
-        print(f"    elfa 0.0.8  : {t_ref:8.3f} s{runs(ref['times'])}   peak memory +{m_ref:6.1f} MiB\n"
-              f"                  (randomized SVD, varimax, max_iter 2000: stopped after {ref['n_iter']} EM iterations)")
-        print(f"    speed-up    : {speedup:8.1f} x   (target >= {SPEEDUP_TARGET:.0f} x; {ref['times'][0] / t_ours_cold:.1f} x "
-              f"first call against first call);   memory: elfa needs {m_ref / max(m_ours, 1e-9):.1f} x ours")
+        print(
+            f"    elfa 0.0.8  : {t_ref:8.3f} s{runs(ref['times'])}   peak memory +{m_ref:6.1f} MiB\n"
+            f"                  (randomized SVD, varimax, max_iter 2000: stopped after {ref['n_iter']} EM iterations)"
+        )
+        print(
+            f"    speed-up    : {speedup:8.1f} x   (target >= {SPEEDUP_TARGET:.0f} x; {ref['times'][0] / t_ours_cold:.1f} x "
+            f"first call against first call);   memory: elfa needs {m_ref / max(m_ours, 1e-9):.1f} x ours"
+        )
         for name, r in (("elfa", ref), ("captum_elfa", ours)):
             for msg in r["warnings"]:
                 print(f"    warning in {name}: {msg.splitlines()[0][:140]}")
@@ -357,9 +439,20 @@ def main() -> None:
         # agreement, side by side
         conv = ref["converged"]
         print(f"\n    {'':<19}{'elfa (timed run)':>17}{'elfa converged*':>18}{'captum_elfa':>18}{'|ours - conv.|':>16}")
-        rows = [("factors k (Kaiser)", "k"), ("KMO", "kmo"), ("Bartlett chi2", "chi2"), ("R2", "r2"),
-                ("D1", "d1"), ("D>", "d_greater"), ("Res", "res"), ("Res max", "res_max"), ("Res min", "res_min"),
-                ("gamma2 p20", "gamma2_p20"), ("total var. expl.", "totvar"), ("loglike / sample", "loglike")]
+        rows = [
+            ("factors k (Kaiser)", "k"),
+            ("KMO", "kmo"),
+            ("Bartlett chi2", "chi2"),
+            ("R2", "r2"),
+            ("D1", "d1"),
+            ("D>", "d_greater"),
+            ("Res", "res"),
+            ("Res max", "res_max"),
+            ("Res min", "res_min"),
+            ("gamma2 p20", "gamma2_p20"),
+            ("total var. expl.", "totvar"),
+            ("loglike / sample", "loglike"),
+        ]
         for label, key in rows:
             a, b, o = ref[key], conv[key], ours[key]
             if key == "k":
@@ -377,20 +470,28 @@ def main() -> None:
                 s = np.sign(wt.sum(1))  # elfa's factors in our sign convention: loadings sum > 0
                 efam_ref = attr_maps.efam_factors(wt * s[:, None], latent * s[None, :], (h, w))
                 line_e.append(np.abs(efam_ref - efam_ours).max())
-            print(f"    {'loadings max|d|':<19}{line_w[0]:>17.2e}{line_w[1]:>18.2e}{'':>18}   after matching factor order and sign")
-            print(f"    {'EFAM max|d|':<19}{line_e[0]:>17.2e}{line_e[1]:>18.2e}{'':>18}   after matching factor signs "
-                  f"(unmatched: {np.abs(ref['efam'] - efam_ours).max():.2f})")
-        print(f"    * elfa's own functions around scikit-learn's FactorAnalysis(svd_method='lapack', tol=1e-8) (untimed, "
-              f"{conv['n_iter']} iterations, {ref['t_converged']:.0f} s).\n"
-              "      elfa's timed run stops early: with a randomized SVD its log-likelihood is noisy and scikit-learn "
-              "stops as soon as it\n      drops (tol=1e-2), short of the maximum-likelihood optimum captum_elfa reaches.")
+            print(
+                f"    {'loadings max|d|':<19}{line_w[0]:>17.2e}{line_w[1]:>18.2e}{'':>18}   after matching factor order and sign"
+            )
+            print(
+                f"    {'EFAM max|d|':<19}{line_e[0]:>17.2e}{line_e[1]:>18.2e}{'':>18}   after matching factor signs "
+                f"(unmatched: {np.abs(ref['efam'] - efam_ours).max():.2f})"
+            )
+        print(
+            f"    * elfa's own functions around scikit-learn's FactorAnalysis(svd_method='lapack', tol=1e-8) (untimed, "
+            f"{conv['n_iter']} iterations, {ref['t_converged']:.0f} s).\n"
+            "      elfa's timed run stops early: with a randomized SVD its log-likelihood is noisy and scikit-learn "
+            "stops as soon as it\n      drops (tol=1e-2), short of the maximum-likelihood optimum captum_elfa reaches."
+        )
 
     # ------------------------------------------------------------------------------------------
     # (2) fit through ResNet-18 vs the bare forward pass
     # ------------------------------------------------------------------------------------------
     batches = torch.split(images, args.batch_size)
-    print(f"\n(2) fit(images, batch_size={args.batch_size}) through ResNet-18 vs bare forward pass over the same "
-          f"{len(batches)} batches ({args.images} images); warm-up, {args.repeats} interleaved repeats, median")
+    print(
+        f"\n(2) fit(images, batch_size={args.batch_size}) through ResNet-18 vs bare forward pass over the same "
+        f"{len(batches)} batches ({args.images} images); warm-up, {args.repeats} interleaved repeats, median"
+    )
 
     def bare() -> None:
         with torch.no_grad():
@@ -401,7 +502,7 @@ def main() -> None:
     for name in [s.strip() for s in args.layers.split(",") if s.strip()]:
         layer = getattr(model, name)
         lfa = LayerFactorAnalysis(model, layer)
-        fit = lambda: lfa.fit(images, progress=False, batch_size=args.batch_size)  # noqa: E731
+        fit = lambda lfa=lfa: lfa.fit(images, progress=False, batch_size=args.batch_size)  # noqa: E731
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             bare(), fit()  # warm-up
@@ -416,7 +517,10 @@ def main() -> None:
         print(f"    {name}: output {shape} = {samples:,} samples x {shape[1]} channels, k = {lfa.n_factors_}")
         print(f"        bare forward : {t_fwd:7.3f} s{runs(fwd_t)}")
         print(f"        fit          : {t_fit:7.3f} s{runs(fit_t)}")
-        print(f"        ratio        : {t_fit / t_fwd:7.3f}" + (f"   (target <= {FIT_RATIO_TARGET})" if name == "layer1" else ""))
+        print(
+            f"        ratio        : {t_fit / t_fwd:7.3f}"
+            + (f"   (target <= {FIT_RATIO_TARGET})" if name == "layer1" else "")
+        )
         fit_rows.append((name, t_fwd, t_fit))
 
     # ------------------------------------------------------------------------------------------
@@ -425,8 +529,10 @@ def main() -> None:
     print("\nSummary")
     print(f"    {'measure':<44} {'value':>9}  {'target':>8}  verdict")
     if speedup is not None:
-        print(f"    {'(1) pipeline speed-up vs elfa 0.0.8, layer1':<44} {speedup:8.1f}x  {'>= 20x':>8}  "
-              f"{'PASS' if speedup >= SPEEDUP_TARGET else 'FAIL'}")
+        print(
+            f"    {'(1) pipeline speed-up vs elfa 0.0.8, layer1':<44} {speedup:8.1f}x  {'>= 20x':>8}  "
+            f"{'PASS' if speedup >= SPEEDUP_TARGET else 'FAIL'}"
+        )
     else:
         print(f"    {'(1) pipeline speed-up vs elfa 0.0.8, layer1':<44} {'skipped':>9}  {'>= 20x':>8}  -")
     for name, t_fwd, t_fit in fit_rows:
@@ -436,8 +542,10 @@ def main() -> None:
             print(f"    {label:<44} {ratio:8.2f}x  {'<= 1.3x':>8}  {'PASS' if ratio <= FIT_RATIO_TARGET else 'FAIL'}")
         else:
             print(f"    {label:<44} {ratio:8.2f}x  {'-':>8}  (info)")
-    print(f"\nTotal wall time {time.perf_counter() - t_start:.0f} s; load average at the end %.2f %.2f %.2f "
-          "(other processes on the machine slow the timings down)" % os.getloadavg())
+    print(
+        f"\nTotal wall time {time.perf_counter() - t_start:.0f} s; load average at the end %.2f %.2f %.2f "
+        "(other processes on the machine slow the timings down)" % os.getloadavg()
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Usage::
     python benchmarks/bench_faithfulness.py                # seed 0, ~300 test digits
     python benchmarks/bench_faithfulness.py --seeds 0 1 2  # several trained networks
 """
+
 from __future__ import annotations
 
 import argparse
@@ -119,7 +120,9 @@ def main() -> None:
     args = p.parse_args()
     if args.n_factors not in ("kaiser", "scree", "parallel"):
         args.n_factors = int(args.n_factors)
-    print(f"load average at start: {os.getloadavg()[0]:.2f}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"load average at start: {os.getloadavg()[0]:.2f}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     methods = ["EFAM", "Grad-CAM", "Saliency", "random"]
     cols = ["del(0)", "del(blur)", "ins(blur)", "ins(0)"]
     better = {"del(0)": "lower", "del(blur)": "lower", "ins(blur)": "higher", "ins(0)": "higher"}
@@ -128,11 +131,15 @@ def main() -> None:
     for seed in args.seeds:
         r = run(seed, args)
         lfa = r["lfa"]
-        print(f"\nseed {seed}: {args.epochs} epochs ({r['train_seconds']:.1f} s), test accuracy {r['accuracy']:.3f} on {args.test} digits; "
-              f"ELFA on relu3: {lfa.n_factors_} factors ({lfa.n_factors_method_}), KMO {lfa.adequacy_.kmo:.3f}, "
-              f"R2 {lfa.metrics_.r2:.3f}, {len(lfa.dead_channels_)} dead of {lfa.n_channels_}")
-        print("AUC of the predicted class's softmax probability, mean +- s.e. over images "
-              "(deletion: lower is better; insertion: higher is better)")
+        print(
+            f"\nseed {seed}: {args.epochs} epochs ({r['train_seconds']:.1f} s), test accuracy {r['accuracy']:.3f} on {args.test} digits; "
+            f"ELFA on relu3: {lfa.n_factors_} factors ({lfa.n_factors_method_}), KMO {lfa.adequacy_.kmo:.3f}, "
+            f"R2 {lfa.metrics_.r2:.3f}, {len(lfa.dead_channels_)} dead of {lfa.n_channels_}"
+        )
+        print(
+            "AUC of the predicted class's softmax probability, mean +- s.e. over images "
+            "(deletion: lower is better; insertion: higher is better)"
+        )
         print(f"{'method':<10}" + "".join(f"{c + (' v' if better[c] == 'lower' else ' ^'):>20}" for c in cols))
         for m in methods:
             cells = []
@@ -146,8 +153,10 @@ def main() -> None:
             wins[c][best] += 1
         e, g = r["auc"][("EFAM", "del(0)")], r["auc"][("Grad-CAM", "del(0)")]
         ei, gi = r["auc"][("EFAM", "ins(blur)")], r["auc"][("Grad-CAM", "ins(blur)")]
-        print(f"per image, EFAM better than Grad-CAM: deletion(0) {np.mean(e < g):.1%}, insertion(blur) {np.mean(ei > gi):.1%} "
-              f"(ties: {np.mean(e == g):.1%}, {np.mean(ei == gi):.1%})")
+        print(
+            f"per image, EFAM better than Grad-CAM: deletion(0) {np.mean(e < g):.1%}, insertion(blur) {np.mean(ei > gi):.1%} "
+            f"(ties: {np.mean(e == g):.1%}, {np.mean(ei == gi):.1%})"
+        )
     print("\nbest method per column, over seeds:")
     for c in cols:
         print(f"  {c:<10} " + ", ".join(f"{m} {n}" for m, n in wins[c].items() if n))

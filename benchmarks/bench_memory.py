@@ -9,6 +9,7 @@ prints the peak extra resident memory of the fit: it must not grow with N. For c
 reference `elfa` keeps every pixel of every image as float64 (N x 3,136 x 64 x 8 bytes for the
 standardised matrix alone, before scikit-learn's copies).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,15 @@ def worker(n: int, batch_size: int) -> dict:
         t0 = time.perf_counter()
         lfa = LayerFactorAnalysis(model, model.layer1).fit(batches(n, batch_size), progress=False)
         seconds = time.perf_counter() - t0
-    return {"n": n, "samples": lfa.n_samples_, "extra_mib": mib(pm.extra_kib), "method": pm.method,
-            "seconds": seconds, "n_factors": lfa.n_factors_, "kmo": lfa.adequacy_.kmo}
+    return {
+        "n": n,
+        "samples": lfa.n_samples_,
+        "extra_mib": mib(pm.extra_kib),
+        "method": pm.method,
+        "seconds": seconds,
+        "n_factors": lfa.n_factors_,
+        "kmo": lfa.adequacy_.kmo,
+    }
 
 
 def main() -> None:
@@ -52,17 +60,25 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args.batch_size)))
         return
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"ELFA fit at ResNet-18 layer1 (64 x 56 x 56), batches of {args.batch_size} images made on the fly; "
-          f"torch {torch.__version__}, {os.cpu_count()} CPUs")
+    print(
+        f"ELFA fit at ResNet-18 layer1 (64 x 56 x 56), batches of {args.batch_size} images made on the fly; "
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs"
+    )
     rows = []
     for n in sizes:
-        out = subprocess.run([sys.executable, __file__, "--worker", str(n), "--batch-size", str(args.batch_size)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--worker", str(n), "--batch-size", str(args.batch_size)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(r)
         ref_gib = n * 3136 * 64 * 8 / 2**30
-        print(f"    N = {n:6d}: {r['samples']:>11,} samples, fit {r['seconds']:7.1f} s, peak extra memory "
-              f"{r['extra_mib']:7.1f} MiB   (elfa's float64 data matrix alone: {ref_gib:6.2f} GiB)   [{r['method']}]")
+        print(
+            f"    N = {n:6d}: {r['samples']:>11,} samples, fit {r['seconds']:7.1f} s, peak extra memory "
+            f"{r['extra_mib']:7.1f} MiB   (elfa's float64 data matrix alone: {ref_gib:6.2f} GiB)   [{r['method']}]"
+        )
     if len(rows) >= 2:
         ratio = rows[-1]["extra_mib"] / rows[0]["extra_mib"]
         grow = rows[-1]["n"] / rows[0]["n"]

@@ -15,6 +15,7 @@ Usage::
     python benchmarks/bench_pcace.py                 # 300 images of 224x224, as the paper
     python benchmarks/bench_pcace.py --images 100 --oracle-channels 8
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,10 @@ def main() -> None:
     model = torchvision.models.resnet18(weights=None).eval()
     images = torch.randn(args.images, 3, 224, 224)
     batches = torch.split(images, args.batch_size)
-    print(f"ResNet-18 (random init) layer4, {args.images} images 3x224x224, batch {args.batch_size}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"ResNet-18 (random init) layer4, {args.images} images 3x224x224, batch {args.batch_size}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
 
     # warm-up pass that also captures layer4 (untimed)
     store: list[torch.Tensor] = []
@@ -116,8 +119,10 @@ def main() -> None:
 
     print("\n(a) statistics over all channels (standardise + PCA + batched ACE)")
     print(f"    captum_elfa          : {t_stats:8.3f} s for {c} channels")
-    print(f"    recipe (sklearn+ace) : {t_oracle:8.3f} s for {k} channels -> {t_oracle_all:8.1f} s for {c} "
-          f"channels (extrapolated linearly)")
+    print(
+        f"    recipe (sklearn+ace) : {t_oracle:8.3f} s for {k} channels -> {t_oracle_all:8.1f} s for {c} "
+        f"channels (extrapolated linearly)"
+    )
     print(f"    speed-up             : {t_oracle_all / t_stats:8.0f} x   (target >= 100 x)")
     print(f"    agreement on the {k} channels: max |delta| {diff.max():.2e}; attribute() vs stats: {agree:.1e}")
 
@@ -129,15 +134,21 @@ def main() -> None:
 
     print("\n(c) memory")
     expected = n * c * h * w * 4
-    print(f"    activations held     : {pc.activation_bytes_ / 2**20:8.1f} MiB  float32, shape "
-          f"[C={c}, N={n}, H*W={h * w}] (one copy: N*C*H*W*4 = {expected / 2**20:.1f} MiB)")
+    print(
+        f"    activations held     : {pc.activation_bytes_ / 2**20:8.1f} MiB  float32, shape "
+        f"[C={c}, N={n}, H*W={h * w}] (one copy: N*C*H*W*4 = {expected / 2**20:.1f} MiB)"
+    )
     chunk = min(c, _chunk_channels(n, h * w))
     work = chunk * 8 * (2 * n * h * w + min(n, h * w) ** 2)
-    print(f"    statistics work arrays: about {work / 2**20:6.1f} MiB float64 at a time ({chunk} channels per chunk); "
-          f"ACE state {c * n * 8 * 12 / 2**20:.1f} MiB")
+    print(
+        f"    statistics work arrays: about {work / 2**20:6.1f} MiB float64 at a time ({chunk} channels per chunk); "
+        f"ACE state {c * n * 8 * 12 / 2**20:.1f} MiB"
+    )
     top = pc.rank_channels()
-    print(f"\nTop 5 channels: {top.channels[:5].tolist()} scores {[round(v, 3) for v in top.scores[:5].tolist()]}; "
-          f"constant channels: {pc.constant_channels_.numel()}")
+    print(
+        f"\nTop 5 channels: {top.channels[:5].tolist()} scores {[round(v, 3) for v in top.scores[:5].tolist()]}; "
+        f"constant channels: {pc.constant_channels_.numel()}"
+    )
 
 
 if __name__ == "__main__":

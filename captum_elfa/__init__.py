@@ -7,6 +7,7 @@
 * :func:`analyze` — ExplainableAI.jl's front end over Captum's attribution methods, returning an
   :class:`Explanation`, with :func:`heatmap` presets.
 """
+
 from captum_elfa._validation import CaptumElfaError, NotFittedError
 from captum_elfa.attr.analyze import (
     EFAM,

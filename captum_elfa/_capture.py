@@ -4,12 +4,13 @@ Everything that touches the user's model lives here, so that every method restor
 way: the hook is removed, the training flags and ``requires_grad`` flags are put back, also when a
 batch raises.
 """
+
 from __future__ import annotations
 
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -65,8 +66,7 @@ def iter_batches(inputs: Inputs, batch_size: int = 64) -> Iterator[Tensor]:
         return
     if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Iterable):
         raise CaptumElfaError(
-            f"inputs must be a Tensor, an iterable of Tensors or a DataLoader, "
-            f"got {type(inputs).__name__}"
+            f"inputs must be a Tensor, an iterable of Tensors or a DataLoader, got {type(inputs).__name__}"
         )
     for i, batch in enumerate(inputs):
         yield _first_tensor(batch, i)
@@ -150,7 +150,7 @@ class LayerCapture:
                     mods[id(m)] = m
         return list(mods.values())
 
-    def __enter__(self) -> "LayerCapture":
+    def __enter__(self) -> LayerCapture:
         mods = self._modules()
         self._training = [(m, m.training) for m in mods]
         params: dict[int, Tensor] = {}
@@ -231,7 +231,4 @@ def check_activation_shape(act: Tensor, layer_name: str) -> Tensor:
         return act[:, :, None, None]
     if act.dim() == 4:
         return act
-    raise CaptumElfaError(
-        f"layer '{layer_name}' output has shape {tuple(act.shape)}; expected (N, C, H, W) "
-        "or (N, C)"
-    )
+    raise CaptumElfaError(f"layer '{layer_name}' output has shape {tuple(act.shape)}; expected (N, C, H, W) or (N, C)")

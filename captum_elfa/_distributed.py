@@ -11,6 +11,7 @@ Failure protocol: a rank that fails before a collective can still join it with `
 waiting for the process group's timeout. A rank that dies or hangs without joining leaves the others
 blocked until the process group's ``timeout``.
 """
+
 from __future__ import annotations
 
 from typing import Any, List, Optional, Sequence
@@ -20,8 +21,15 @@ from torch import Tensor
 
 from captum_elfa._validation import CaptumElfaError
 
-__all__ = ["DistributedError", "world_size", "is_distributed", "comm_device", "gather_header", "all_gather_padded",
-           "single_value"]
+__all__ = [
+    "DistributedError",
+    "world_size",
+    "is_distributed",
+    "comm_device",
+    "gather_header",
+    "all_gather_padded",
+    "single_value",
+]
 
 
 class DistributedError(CaptumElfaError):
@@ -105,7 +113,8 @@ def single_value(name: str, values: Sequence[Optional[Any]]) -> Optional[Any]:
     distinct = sorted(set(seen.values()), key=str)
     if len(distinct) > 1:
         raise DistributedError(
-            f"the ranks disagree on the {name}: " + ", ".join(f"rank {r}: {v}" for r, v in seen.items())
+            f"the ranks disagree on the {name}: "
+            + ", ".join(f"rank {r}: {v}" for r, v in seen.items())
             + "; every rank must run the same model and layer"
         )
     return distinct[0] if distinct else None

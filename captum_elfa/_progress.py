@@ -1,4 +1,5 @@
 """tqdm progress bars that can be switched off."""
+
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
 """Errors and argument checks shared by the package."""
+
 from __future__ import annotations
 
 from typing import Any, Iterable

@@ -13,6 +13,7 @@ self-contained page), ``metrics.json`` and the figures as PNG files into ``--out
 Errors in the arguments (a wrong layer name, an unreadable image, a missing weights file, ...)
 print one message on stderr and exit with status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,8 @@ def _n_factors(text: str) -> Any:
         f = float(t)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not valid; use an int, a float in (0, 1), 'kaiser', 'scree' or 'parallel'") from None
+            f"{text!r} is not valid; use an int, a float in (0, 1), 'kaiser', 'scree' or 'parallel'"
+        ) from None
     if not 0 < f < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not valid; a float must be in (0, 1) (a fraction of variance)")
     return f
@@ -82,46 +84,86 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="captum-elfa",
         description="Explain what a layer of a CNN has learned: an ELFA factor analysis and a PCACE "
-                    "channel ranking, written as a self-contained HTML report with metrics.json and PNG figures.",
+        "channel ranking, written as a self-contained HTML report with metrics.json and PNG figures.",
     )
     sub = ap.add_subparsers(dest="command", metavar="{demo,report}")
     sub.required = True
 
-    d = sub.add_parser("demo", help="train a small CNN on scikit-learn's digits and write its report (no network, ~1 min)",
-                       description="Train a small CNN on scikit-learn's digits (seeded, a few seconds), fit ELFA on its "
-                                   "second conv layer, rank the layer's channels for class 3 with PCACE and write the report.")
+    d = sub.add_parser(
+        "demo",
+        help="train a small CNN on scikit-learn's digits and write its report (no network, ~1 min)",
+        description="Train a small CNN on scikit-learn's digits (seeded, a few seconds), fit ELFA on its "
+        "second conv layer, rank the layer's channels for class 3 with PCACE and write the report.",
+    )
     d.add_argument("--out", default="captum_elfa_demo", help="output folder (default: %(default)s)")
-    d.add_argument("--n-factors", type=_n_factors, default="parallel",
-                   help="int, float in (0, 1), kaiser, scree or parallel (default: %(default)s)")
+    d.add_argument(
+        "--n-factors",
+        type=_n_factors,
+        default="parallel",
+        help="int, float in (0, 1), kaiser, scree or parallel (default: %(default)s)",
+    )
     d.add_argument("--epochs", type=_positive_int, default=15, help="training epochs (default: %(default)s)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     r = sub.add_parser(
-        "report", help="the report of a layer of your model on a folder of images",
+        "report",
+        help="the report of a layer of your model on a folder of images",
         description="Fit ELFA on a layer of your model over a folder of images and write the report. "
-                    "PCACE ranks the layer's channels for --target; without --target it uses the class most "
-                    "images are predicted as. PCACE needs at least 10 images and is skipped (with a note) otherwise.",
+        "PCACE ranks the layer's channels for --target; without --target it uses the class most "
+        "images are predicted as. PCACE needs at least 10 images and is skipped (with a note) otherwise.",
         epilog="Examples:\n  captum-elfa report --model torchvision:resnet18 --weights resnet18.pth --layer layer3 --images photos/\n"
-               "  captum-elfa report --model mynet.py:Net --weights net.pt --layer features.6 --images data/ --target 3",
+        "  captum-elfa report --model mynet.py:Net --weights net.pt --layer features.6 --images data/ --target 3",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    r.add_argument("--model", required=True,
-                   help="torchvision:NAME (torchvision.models.NAME(weights=None)), module:callable or path/to/file.py:callable")
-    r.add_argument("--weights", help="state_dict file (torch.save of model.state_dict(), or a dict with a 'state_dict' entry); "
-                                     "loaded with weights_only=True and strict key matching")
-    r.add_argument("--layer", required=True, help="the layer's name in model.named_modules(), e.g. layer3 or features.6")
-    r.add_argument("--images", required=True, help="folder of images (searched recursively: " + ", ".join(IMAGE_EXTENSIONS) + ")")
-    r.add_argument("--target", type=_nonneg_int, default=None, help="class index for PCACE and Grad-CAM "
-                                                                    "(default: the class most images are predicted as)")
-    r.add_argument("--n-factors", type=_n_factors, default="kaiser",
-                   help="int, float in (0, 1), kaiser, scree or parallel (default: %(default)s)")
+    r.add_argument(
+        "--model",
+        required=True,
+        help="torchvision:NAME (torchvision.models.NAME(weights=None)), module:callable or path/to/file.py:callable",
+    )
+    r.add_argument(
+        "--weights",
+        help="state_dict file (torch.save of model.state_dict(), or a dict with a 'state_dict' entry); "
+        "loaded with weights_only=True and strict key matching",
+    )
+    r.add_argument(
+        "--layer", required=True, help="the layer's name in model.named_modules(), e.g. layer3 or features.6"
+    )
+    r.add_argument(
+        "--images", required=True, help="folder of images (searched recursively: " + ", ".join(IMAGE_EXTENSIONS) + ")"
+    )
+    r.add_argument(
+        "--target",
+        type=_nonneg_int,
+        default=None,
+        help="class index for PCACE and Grad-CAM (default: the class most images are predicted as)",
+    )
+    r.add_argument(
+        "--n-factors",
+        type=_n_factors,
+        default="kaiser",
+        help="int, float in (0, 1), kaiser, scree or parallel (default: %(default)s)",
+    )
     r.add_argument("--out", default="captum_elfa_report", help="output folder (default: %(default)s)")
-    r.add_argument("--image-size", type=_positive_int, default=224, help="images are resized and center-cropped to this (default: %(default)s)")
+    r.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=224,
+        help="images are resized and center-cropped to this (default: %(default)s)",
+    )
     r.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch (default: %(default)s)")
-    r.add_argument("--max-images", type=_positive_int, default=None, help="use at most this many images (the first in sorted order)")
+    r.add_argument(
+        "--max-images",
+        type=_positive_int,
+        default=None,
+        help="use at most this many images (the first in sorted order)",
+    )
     r.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
-    r.add_argument("--threads", type=_positive_int, default=None,
-                   help="torch CPU threads (default: torch's choice; 1 is often faster for small models on a busy machine)")
+    r.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is often faster for small models on a busy machine)",
+    )
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     return ap
 
@@ -135,8 +177,10 @@ def load_model(spec: str) -> Any:
 
     mod_name, sep, attr = spec.rpartition(":")
     if not sep or not mod_name or not attr:
-        raise CliError(f"--model {spec!r} is not valid; use torchvision:NAME (e.g. torchvision:resnet18), "
-                       "module:callable or path/to/file.py:callable")
+        raise CliError(
+            f"--model {spec!r} is not valid; use torchvision:NAME (e.g. torchvision:resnet18), "
+            "module:callable or path/to/file.py:callable"
+        )
     if mod_name == "torchvision":
         import torchvision.models as tvm
 
@@ -144,13 +188,17 @@ def load_model(spec: str) -> Any:
         if attr.startswith("_") or fn is None or not callable(fn) or isinstance(fn, type(tvm)):
             names = tvm.list_models() if hasattr(tvm, "list_models") else []
             close = difflib.get_close_matches(attr, names, n=3)
-            raise CliError(f"--model {spec!r}: torchvision.models has no model {attr!r}"
-                           + (f"; did you mean {', '.join(close)}?" if close else "")
-                           + (f" (available: {', '.join(names[:30])}{', ...' if len(names) > 30 else ''})" if names else ""))
+            raise CliError(
+                f"--model {spec!r}: torchvision.models has no model {attr!r}"
+                + (f"; did you mean {', '.join(close)}?" if close else "")
+                + (f" (available: {', '.join(names[:30])}{', ...' if len(names) > 30 else ''})" if names else "")
+            )
         try:
             model = fn(weights=None)
         except Exception as e:
-            raise CliError(f"--model {spec!r}: torchvision.models.{attr}(weights=None) failed: {type(e).__name__}: {e}") from None
+            raise CliError(
+                f"--model {spec!r}: torchvision.models.{attr}(weights=None) failed: {type(e).__name__}: {e}"
+            ) from None
     else:
         if mod_name.endswith(".py"):
             path = Path(mod_name)
@@ -170,7 +218,9 @@ def load_model(spec: str) -> Any:
             try:
                 module = importlib.import_module(mod_name)
             except Exception as e:
-                raise CliError(f"--model {spec!r}: cannot import module {mod_name!r}: {type(e).__name__}: {e}") from None
+                raise CliError(
+                    f"--model {spec!r}: cannot import module {mod_name!r}: {type(e).__name__}: {e}"
+                ) from None
             finally:
                 if added and cwd in sys.path:
                     sys.path.remove(cwd)
@@ -185,7 +235,9 @@ def load_model(spec: str) -> Any:
             except Exception as e:
                 raise CliError(f"--model {spec!r}: calling {attr}() failed: {type(e).__name__}: {e}") from None
         else:
-            raise CliError(f"--model {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable returning an nn.Module")
+            raise CliError(
+                f"--model {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable returning an nn.Module"
+            )
     if not isinstance(model, nn.Module):
         raise CliError(f"--model {spec!r} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -204,24 +256,30 @@ def load_weights(model: Any, path: str, spec: str) -> None:
         state = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise CliError(f"cannot read weights file {path}: {type(e).__name__}: {first[:300]} "
-                       "(save it with torch.save(model.state_dict(), path); files holding pickled objects "
-                       "are refused for safety)") from None
+        raise CliError(
+            f"cannot read weights file {path}: {type(e).__name__}: {first[:300]} "
+            "(save it with torch.save(model.state_dict(), path); files holding pickled objects "
+            "are refused for safety)"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CliError(f"weights file {path} does not hold a state_dict (a dict of tensors, or {{'state_dict': ...}}), "
-                       f"got {type(state).__name__}")
+        raise CliError(
+            f"weights file {path} does not hold a state_dict (a dict of tensors, or {{'state_dict': ...}}), "
+            f"got {type(state).__name__}"
+        )
     if all(isinstance(k, str) and k.startswith("module.") for k in state):  # saved from DataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         detail = "\n  ".join(ln[:400] + ("..." if len(ln) > 400 else "") for ln in lines[:8])
-        raise CliError(f"the weights in {path} do not fit --model {spec}:\n  {detail}"
-                       + ("\n  ..." if len(lines) > 8 else "")
-                       + "\n(check the architecture and its number of classes)") from None
+        raise CliError(
+            f"the weights in {path} do not fit --model {spec}:\n  {detail}"
+            + ("\n  ..." if len(lines) > 8 else "")
+            + "\n(check the architecture and its number of classes)"
+        ) from None
 
 
 def find_layer(model: Any, name: str) -> Any:
@@ -231,10 +289,12 @@ def find_layer(model: Any, name: str) -> Any:
     names = [n for n in modules if n]
     close = difflib.get_close_matches(name, names, n=3)
     shown = ", ".join(names[:40]) + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
-    raise CliError(f"--layer {name!r} is not a layer of the model"
-                   + (f"; did you mean {', '.join(close)}?" if close else "")
-                   + f"\nvalid names (from model.named_modules()): {shown}"
-                   + "\nhint: nested layers use dots, e.g. 'layer3' or 'layer3.1.conv2'")
+    raise CliError(
+        f"--layer {name!r} is not a layer of the model"
+        + (f"; did you mean {', '.join(close)}?" if close else "")
+        + f"\nvalid names (from model.named_modules()): {shown}"
+        + "\nhint: nested layers use dots, e.g. 'layer3' or 'layer3.1.conv2'"
+    )
 
 
 def _input_channels(model: Any) -> int:
@@ -317,7 +377,7 @@ class _Warnings:
     def __init__(self) -> None:
         self.messages: List[str] = []
 
-    def __enter__(self) -> "_Warnings":
+    def __enter__(self) -> _Warnings:
         self._ctx = warnings.catch_warnings(record=True)
         self._caught = self._ctx.__enter__()
         warnings.simplefilter("always")
@@ -343,9 +403,13 @@ def train_digits_cnn(epochs: int = 15, seed: int = 0, progress: bool = False) ->
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
     y = torch.tensor(d.target)
     model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(128, 10),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(128, 10),
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     threads = torch.get_num_threads()
@@ -409,12 +473,22 @@ def _run_demo(args: argparse.Namespace) -> Path:
     idx = [int((y == c).nonzero()[0]) for c in range(4)]
     _log("  writing the report ...")
     index = write_report(
-        args.out, lfa, pc, images=x[idx], model=model, gradcam_layer=model[2],
+        args.out,
+        lfa,
+        pc,
+        images=x[idx],
+        model=model,
+        gradcam_layer=model[2],
         title="captum-elfa demo: a CNN on scikit-learn's digits",
-        meta={"model": "2-conv CNN trained on scikit-learn's digits (seed 0)",
-              "training accuracy": f"{acc:.1%}", "layer": "3 (ReLU after the second conv, 32 channels)",
-              "images": f"{len(x)} (8x8 grayscale)", "n_factors": str(args.n_factors),
-              "PCACE": f"class 3, on its {int((y == 3).sum())} images", "Grad-CAM layer": "2 (second conv)"},
+        meta={
+            "model": "2-conv CNN trained on scikit-learn's digits (seed 0)",
+            "training accuracy": f"{acc:.1%}",
+            "layer": "3 (ReLU after the second conv, 32 channels)",
+            "images": f"{len(x)} (8x8 grayscale)",
+            "n_factors": str(args.n_factors),
+            "PCACE": f"class 3, on its {int((y == 3).sum())} images",
+            "Grad-CAM layer": "2 (second conv)",
+        },
         pcace_target=3,
         notes=caught.messages,
     )
@@ -448,8 +522,10 @@ def run_report(args: argparse.Namespace) -> Path:
         raise CliError(f"--device {args.device!r} is not usable: {e}") from None
     channels = _input_channels(model)
     if channels not in (1, 3):
-        raise CliError(f"the model's first convolution takes {channels} channels; the report reads images as "
-                       "1-channel (grayscale) or 3-channel (RGB) only")
+        raise CliError(
+            f"the model's first convolution takes {channels} channels; the report reads images as "
+            "1-channel (grayscale) or 3-channel (RGB) only"
+        )
     data = ImageFolderFlat(files, args.image_size, channels)
     loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, num_workers=0)
     _log(f"captum-elfa report: {len(files)} images, layer {args.layer!r} of {args.model}")
@@ -461,11 +537,20 @@ def run_report(args: argparse.Namespace) -> Path:
     except CliError:
         raise
     except Exception as e:
-        raise CliError(f"the model cannot run on the images ({args.image_size}x{args.image_size}, {channels} "
-                       f"channel(s)): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    if args.target is not None and isinstance(probe, torch.Tensor) and probe.dim() == 2 and args.target >= probe.shape[1]:
-        raise CliError(f"--target {args.target} is not valid: the model has {probe.shape[1]} outputs "
-                       f"(classes 0 to {probe.shape[1] - 1})")
+        raise CliError(
+            f"the model cannot run on the images ({args.image_size}x{args.image_size}, {channels} "
+            f"channel(s)): {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+    if (
+        args.target is not None
+        and isinstance(probe, torch.Tensor)
+        and probe.dim() == 2
+        and args.target >= probe.shape[1]
+    ):
+        raise CliError(
+            f"--target {args.target} is not valid: the model has {probe.shape[1]} outputs "
+            f"(classes 0 to {probe.shape[1] - 1})"
+        )
 
     # record the predicted classes during the ELFA pass (no extra forward pass)
     preds: List[int] = []
@@ -495,8 +580,10 @@ def run_report(args: argparse.Namespace) -> Path:
     pc_target = args.target
     if pc_target is None and preds:
         pc_target, count = Counter(preds).most_common(1)[0]
-        note(f"No --target given: PCACE and Grad-CAM use class {pc_target}, the top prediction "
-             f"of {count} of the {len(preds)} images.")
+        note(
+            f"No --target given: PCACE and Grad-CAM use class {pc_target}, the top prediction "
+            f"of {count} of the {len(preds)} images."
+        )
     pc = None
     if pc_target is None:
         note("PCACE skipped: the model's output is not (N, classes) and no --target was given.")
@@ -513,11 +600,21 @@ def run_report(args: argparse.Namespace) -> Path:
             note(f"PCACE skipped: {e}")
     images = torch.stack([data[i] for i in range(min(4, len(data)))]).to(device)
     index = write_report(
-        args.out, lfa, pc, images=images, model=model, gradcam_layer=layer, target=pc_target,
+        args.out,
+        lfa,
+        pc,
+        images=images,
+        model=model,
+        gradcam_layer=layer,
+        target=pc_target,
         title=f"captum-elfa report: {args.model}, layer {args.layer}",
-        meta={"model": args.model, "weights": args.weights or "(initial weights)", "layer": args.layer,
-              "images": f"{len(files)} from {args.images} at {args.image_size}x{args.image_size}",
-              "n_factors": str(args.n_factors)},
+        meta={
+            "model": args.model,
+            "weights": args.weights or "(initial weights)",
+            "layer": args.layer,
+            "images": f"{len(files)} from {args.images} at {args.image_size}x{args.image_size}",
+            "n_factors": str(args.n_factors),
+        },
         notes=notes,
     )
     _log(f"  done in {time.perf_counter() - t0:.1f} s")

@@ -30,6 +30,7 @@ computed through whichever model Insights passes, as long as that model contains
 Install with ``pip install "captum-elfa[insights]"`` (``captum<0.9``, ``numpy<2``, ``flask``,
 ``flask-compress``).
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,9 +40,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from torch import Tensor, nn
 
 _INSTALL_HINT = (
-    'Captum Insights was removed in captum 0.9; install captum<0.9 to use it, e.g. '
+    "Captum Insights was removed in captum 0.9; install captum<0.9 to use it, e.g. "
     '`pip install "captum-elfa[insights]"` or `pip install "captum==0.8.0" "numpy<2" flask '
-    'flask-compress`'
+    "flask-compress`"
 )
 
 
@@ -66,13 +67,10 @@ if _captum_version() >= (0, 9):
 try:
     from captum.insights.attr_vis import config as _config
     from captum.insights.attr_vis.app import AttributionVisualizer, Batch
-    from captum.insights.attr_vis.config import NumberConfig, StrConfig, StrEnumConfig
-    from captum.insights.attr_vis.config import ConfigParameters
+    from captum.insights.attr_vis.config import ConfigParameters, NumberConfig, StrConfig, StrEnumConfig
     from captum.insights.attr_vis.features import ImageFeature
 except ImportError as exc:  # captum without insights, or flask / flask-compress missing
-    raise ImportError(
-        f"captum_elfa.insights could not import Captum Insights ({exc}). {_INSTALL_HINT}."
-    ) from exc
+    raise ImportError(f"captum_elfa.insights could not import Captum Insights ({exc}). {_INSTALL_HINT}.") from exc
 
 from captum.attr import Attribution
 
@@ -374,8 +372,7 @@ def register(
     if lfa is not None:
         if getattr(lfa, "loadings_", None) is None or not callable(getattr(lfa, "attribute", None)):
             raise CaptumElfaError(
-                f"register: lfa must be a fitted LayerFactorAnalysis (call lfa.fit(inputs)), got "
-                f"{type(lfa).__name__}"
+                f"register: lfa must be a fitted LayerFactorAnalysis (call lfa.fit(inputs)), got {type(lfa).__name__}"
             )
         if model is not None and model is not lfa.forward_func and not _contains(model, lfa.layer):
             raise CaptumElfaError(
@@ -394,8 +391,7 @@ def register(
     if gradcam_layer is not None:
         if not isinstance(gradcam_layer, (str, nn.Module)):
             raise CaptumElfaError(
-                f"register: gradcam_layer must be an nn.Module or a module name, got "
-                f"{type(gradcam_layer).__name__}"
+                f"register: gradcam_layer must be an nn.Module or a module name, got {type(gradcam_layer).__name__}"
             )
         if model is not None:
             if isinstance(gradcam_layer, str):
@@ -473,4 +469,3 @@ def unregister() -> None:
             else:
                 table[name] = old
     _saved.clear()
-

@@ -16,6 +16,7 @@
 Figures are built as :class:`matplotlib.figure.Figure` objects and saved with ``savefig``: no
 ``pyplot``, no display, no global matplotlib state, so this works on a headless machine.
 """
+
 from __future__ import annotations
 
 import base64
@@ -35,42 +36,40 @@ __all__ = ["write_report", "METRIC_EXPLANATIONS"]
 #: one-line explanations of the summary table's rows
 METRIC_EXPLANATIONS: Dict[str, str] = {
     "kmo": "Kaiser-Meyer-Olkin measure of sampling adequacy: how much of the channels' correlation "
-           "is shared rather than pairwise. At least 0.6 is acceptable, 0.8 good, 0.9 excellent.",
+    "is shared rather than pairwise. At least 0.6 is acceptable, 0.8 good, 0.9 excellent.",
     "bartlett": "Bartlett's test of sphericity: a small p (< 0.05) rejects 'the channels are "
-                "uncorrelated', so a factor model is meaningful.",
+    "uncorrelated', so a factor model is meaningful.",
     "n_factors": "Number of common factors, chosen by the criterion in brackets; each factor is a "
-                 "group of channels that vary together.",
+    "group of channels that vary together.",
     "d1": "Share of the residual covariance on its diagonal: close to 1 means the factors account "
-          "for the correlations between channels.",
+    "for the correlations between channels.",
     "d_greater": "Diagonal over off-diagonal residual covariance: larger is better (little "
-                 "correlation left unexplained).",
+    "correlation left unexplained).",
     "res": "Relative difference between the observed correlation matrix and the one the model "
-           "reproduces: small is good.",
+    "reproduces: small is good.",
     "gamma2_p20": "20th percentile of the channels' squared correlation with the factors: 80% of "
-                  "the channels are explained at least this well; close to 1 is good.",
-    "r2": "Determination coefficient of the factor model: close to 1 means the factors explain "
-          "the channels well.",
+    "the channels are explained at least this well; close to 1 is good.",
+    "r2": "Determination coefficient of the factor model: close to 1 means the factors explain the channels well.",
     "total_variance_explained": "Share of the channels' total variance carried by the common factors.",
     "loglike": "Mean log-likelihood per sample; compare it between models fitted on the same data.",
 }
 
 _FIGURE_CAPTIONS: Dict[str, str] = {
     "scree": "Eigenvalues of the channels' correlation matrix; filled points are the retained "
-             "factors (Kaiser line at 1, parallel analysis when computed).",
+    "factors (Kaiser line at 1, parallel analysis when computed).",
     "loadings": "Rotated loadings: how strongly each channel belongs to each factor.",
     "channel_insights": "Importance (communality, coloured by factor) and uniqueness of every "
-                        "channel, with the groups of redundant channels.",
+    "channel, with the groups of redundant channels.",
     "fit_summary": "Sampling adequacy per channel, the distribution of gamma2, the variance "
-                   "explained per factor and the validity metrics.",
-    "efam": "Essential Feature Attribution Maps: the combined EFAM and each factor's map, over "
-            "the input images.",
+    "explained per factor and the validity metrics.",
+    "efam": "Essential Feature Attribution Maps: the combined EFAM and each factor's map, over the input images.",
     "cam_vs_efam": "Grad-CAM (class-specific) next to EFAM (class-agnostic: what the layer's "
-                   "essential features respond to).",
+    "essential features respond to).",
     "pcace_ranking": "Channels ranked by PCACE score: the maximal correlation between a "
-                     "channel's activation maps and the class score.",
+    "channel's activation maps and the class score.",
     "top_channel_maps": "Activation maps of the top PCACE channels (one colour scale per channel).",
     "ace_transforms": "ACE transforms of the top PCACE channel: the optimal transforms of its "
-                      "principal component and of the class score.",
+    "principal component and of the class score.",
 }
 
 _FIGURE_TITLES: Dict[str, str] = {
@@ -120,8 +119,13 @@ def _fmt(v: Any, spec: str = ".3f") -> str:
 def _kmo_verdict(kmo: float) -> tuple[str, str]:
     if not math.isfinite(kmo):
         return "n/a", "warn"
-    for bound, word, cls in ((0.9, "excellent", "good"), (0.8, "good", "good"), (0.7, "middling", "ok"),
-                             (0.6, "mediocre", "ok"), (0.5, "poor", "bad")):
+    for bound, word, cls in (
+        (0.9, "excellent", "good"),
+        (0.8, "good", "good"),
+        (0.7, "middling", "ok"),
+        (0.6, "mediocre", "ok"),
+        (0.5, "poor", "bad"),
+    ):
         if kmo >= bound:
             return word, cls
     return "unacceptable", "bad"
@@ -203,21 +207,36 @@ def write_report(
     builders: List[tuple[str, Callable[[], Any]]] = [
         ("scree", lambda: F.plot_scree(lfa)),
         ("loadings", lambda: F.plot_loadings(lfa)),
-        ("channel_insights", lambda: F.plot_channel_insights(
-            lfa, figsize=(max(6.0, 1.5 + 0.22 * int(lfa.n_channels_ - len(lfa.dead_channels_))), min(20.0, max(6.0, 0.46 * (k + 1)))))),
+        (
+            "channel_insights",
+            lambda: F.plot_channel_insights(
+                lfa,
+                figsize=(
+                    max(6.0, 1.5 + 0.22 * int(lfa.n_channels_ - len(lfa.dead_channels_))),
+                    min(20.0, max(6.0, 0.46 * (k + 1))),
+                ),
+            ),
+        ),
         ("fit_summary", lambda: F.plot_fit_summary(lfa)),
     ]
     if images is not None:
         builders.append(("efam", lambda: F.plot_efam(lfa, images, factors=list(range(min(k, max_factor_maps))))))
         if model is not None and gradcam_layer is not None:
-            builders.append(("cam_vs_efam", lambda: F.plot_cam_vs_efam(model, lfa, images, gradcam_layer, target=target)))
+            builders.append(
+                ("cam_vs_efam", lambda: F.plot_cam_vs_efam(model, lfa, images, gradcam_layer, target=target))
+            )
     ranking = None
     if pc is not None and hasattr(pc, "scores_"):
         ranking = pc.rank_channels()
         n_ch = int(ranking.channels.numel())
         builders.append(("pcace_ranking", lambda: F.plot_pcace_ranking(pc, top=min(20, n_ch))))
         if images is not None:
-            builders.append(("top_channel_maps", lambda: F.plot_top_channel_maps(pc, images, k=min(5, n_ch), n_images=images.shape[0])))
+            builders.append(
+                (
+                    "top_channel_maps",
+                    lambda: F.plot_top_channel_maps(pc, images, k=min(5, n_ch), n_images=images.shape[0]),
+                )
+            )
         constant = set(pc.constant_channels_.tolist())
         best = next((int(c) for c in ranking.channels.tolist() if int(c) not in constant), None)
         if best is not None:
@@ -263,15 +282,35 @@ def write_report(
     (out / "metrics.json").write_text(json.dumps(_finite(doc), indent=1, allow_nan=False))
 
     # -- index.html ------------------------------------------------------------------------
-    page = _html(title, lfa, elfa, insights, pc, ranking, figures, meta, notes,
-                 pcace_target if pcace_target is not None else target)
+    page = _html(
+        title,
+        lfa,
+        elfa,
+        insights,
+        pc,
+        ranking,
+        figures,
+        meta,
+        notes,
+        pcace_target if pcace_target is not None else target,
+    )
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
 
 
-def _html(title: str, lfa: Any, elfa: dict, insights: List[dict], pc: Any, ranking: Any,
-          figures: Dict[str, str], meta: Dict[str, Any], notes: List[str], tgt: Any) -> str:
+def _html(
+    title: str,
+    lfa: Any,
+    elfa: dict,
+    insights: List[dict],
+    pc: Any,
+    ranking: Any,
+    figures: Dict[str, str],
+    meta: Dict[str, Any],
+    notes: List[str],
+    tgt: Any,
+) -> str:
     e = html.escape
     a, m = lfa.adequacy_, lfa.metrics_
     kmo = float(a.kmo)
@@ -280,17 +319,31 @@ def _html(title: str, lfa: Any, elfa: dict, insights: List[dict], pc: Any, ranki
     bart_cls = "good" if math.isfinite(p) and p < 0.05 else "bad"
     rows = [
         ("KMO", f"{_fmt(kmo)} <span class='{vcls}'>({verdict})</span>", METRIC_EXPLANATIONS["kmo"]),
-        ("Bartlett's test", f"&chi;&sup2; = {_fmt(a.bartlett_chi2, '.4g')}, dof {e(str(a.bartlett_dof))}, "
-                            f"<span class='{bart_cls}'>p = {_fmt(p, '.3g')}</span>", METRIC_EXPLANATIONS["bartlett"]),
-        ("Factors", f"{int(lfa.n_factors_)} ({e(str(lfa.n_factors_method_))}, rotation {e(str(lfa.rotation_))})",
-         METRIC_EXPLANATIONS["n_factors"]),
+        (
+            "Bartlett's test",
+            f"&chi;&sup2; = {_fmt(a.bartlett_chi2, '.4g')}, dof {e(str(a.bartlett_dof))}, "
+            f"<span class='{bart_cls}'>p = {_fmt(p, '.3g')}</span>",
+            METRIC_EXPLANATIONS["bartlett"],
+        ),
+        (
+            "Factors",
+            f"{int(lfa.n_factors_)} ({e(str(lfa.n_factors_method_))}, rotation {e(str(lfa.rotation_))})",
+            METRIC_EXPLANATIONS["n_factors"],
+        ),
         ("D1", _fmt(m.d1), METRIC_EXPLANATIONS["d1"]),
         ("D&gt;", _fmt(m.d_greater), METRIC_EXPLANATIONS["d_greater"]),
-        ("Res", f"{_fmt(m.res, '.4f')} (entries in [{_fmt(m.res_min)}, {_fmt(m.res_max)}])", METRIC_EXPLANATIONS["res"]),
+        (
+            "Res",
+            f"{_fmt(m.res, '.4f')} (entries in [{_fmt(m.res_min)}, {_fmt(m.res_max)}])",
+            METRIC_EXPLANATIONS["res"],
+        ),
         ("&gamma;&sup2; (20th percentile)", _fmt(m.gamma2_p20), METRIC_EXPLANATIONS["gamma2_p20"]),
         ("R&sup2;", _fmt(m.r2, ".4f"), METRIC_EXPLANATIONS["r2"]),
-        ("Variance explained", f"{_fmt(100 * float(m.total_variance_explained), '.1f')}%",
-         METRIC_EXPLANATIONS["total_variance_explained"]),
+        (
+            "Variance explained",
+            f"{_fmt(100 * float(m.total_variance_explained), '.1f')}%",
+            METRIC_EXPLANATIONS["total_variance_explained"],
+        ),
         ("Log-likelihood", f"{_fmt(m.loglike, '.4f')} per sample", METRIC_EXPLANATIONS["loglike"]),
     ]
     summary = "\n".join(f"<tr><th>{n}</th><td class='v'>{v}</td><td class='x'>{x}</td></tr>" for n, v, x in rows)
@@ -305,8 +358,16 @@ def _html(title: str, lfa: Any, elfa: dict, insights: List[dict], pc: Any, ranki
         if r["group"] is not None:
             groups.setdefault(r["group"], []).append(r["channel"])
     ins_rows = [
-        ("Channels", f"{int(lfa.n_channels_)} ({len(dead)} dead: {_channels_text(dead, 12)})" if dead else f"{int(lfa.n_channels_)} (none dead)"),
-        ("Most important (communality)", ", ".join(f"{r['channel']} ({r['communality']:.2f}, F{r['dominant_factor'] + 1})" for r in top)),
+        (
+            "Channels",
+            f"{int(lfa.n_channels_)} ({len(dead)} dead: {_channels_text(dead, 12)})"
+            if dead
+            else f"{int(lfa.n_channels_)} (none dead)",
+        ),
+        (
+            "Most important (communality)",
+            ", ".join(f"{r['channel']} ({r['communality']:.2f}, F{r['dominant_factor'] + 1})" for r in top),
+        ),
     ]
     if low:
         ins_rows.append(("Least important", ", ".join(f"{r['channel']} ({r['communality']:.2f})" for r in low)))
@@ -332,8 +393,11 @@ def _html(title: str, lfa: Any, elfa: dict, insights: List[dict], pc: Any, ranki
 
     meta_html = ""
     if meta:
-        meta_html = "<table class='meta'>" + "".join(
-            f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in meta.items()) + "</table>"
+        meta_html = (
+            "<table class='meta'>"
+            + "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in meta.items())
+            + "</table>"
+        )
     notes_html = "".join(f"<p class='note'>{e(n)}</p>" for n in notes)
     figs_html = "\n".join(
         f"<figure id='fig-{n}'><h3>{e(_FIGURE_TITLES.get(n, n))}</h3>"

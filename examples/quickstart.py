@@ -4,6 +4,7 @@
 
 Runs in well under a minute on 2 CPU cores and downloads nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,13 @@ def train_digits_cnn(epochs: int = 15, seed: int = 0) -> tuple[nn.Module, torch.
     x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
     y = torch.tensor(d.target)
     model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(128, 10),
+        nn.Conv2d(1, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(128, 10),
     )
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for _ in range(epochs):
@@ -61,8 +66,11 @@ def main() -> None:
     pc = NeuronPCACE(model, layer)
     pc.attribute(threes, target=3, progress=False)
     ranking = pc.rank_channels()
-    print("PCACE top channels for class 3:", ranking.channels[:5].tolist(),
-          [round(float(s), 3) for s in ranking.scores[:5]])
+    print(
+        "PCACE top channels for class 3:",
+        ranking.channels[:5].tolist(),
+        [round(float(s), 3) for s in ranking.scores[:5]],
+    )
 
     # analyze(): Grad-CAM of the same layer's conv, and a heatmap image
     expl = analyze(x[:4], GradCAM(model, model[2]))

@@ -1,4 +1,5 @@
 """Shared fixtures: small real data (scikit-learn's digits) and small CNNs built in the tests."""
+
 from __future__ import annotations
 
 import os
@@ -7,11 +8,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np
 import pytest
 import torch
 from threadpoolctl import threadpool_limits
-from torch import nn
 
 # The tests' matrices are small: OpenBLAS worker threads spinning against torch's own threads on
 # a 2-core machine made the scikit-learn oracles 10x slower (numpy 1.26's OpenBLAS especially).
@@ -35,8 +34,6 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture
 def small_cnn() -> SmallCNN:
     return SmallCNN().eval()
-
-
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,4 +1,5 @@
 """Helpers shared by the tests: small CNNs, the reference's data matrix, model-state checks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,10 +57,7 @@ def model_state(model: nn.Module) -> dict:
         "training": [m.training for m in model.modules()],
         "requires_grad": [p.requires_grad for p in model.parameters()],
         "params": [p.detach().clone() for p in model.parameters()],
-        "hooks": [
-            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-            for m in model.modules()
-        ],
+        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks)) for m in model.modules()],
     }
 
 

@@ -1,5 +1,6 @@
 """The batched super smoother and ACE against the ``ace`` package 0.4.2 (the oracle), and the
 PCACE preprocessing against scikit-learn's StandardScaler + PCA."""
+
 from __future__ import annotations
 
 import contextlib
@@ -51,7 +52,9 @@ def test_fixed_span_smooth_matches_package(kind: str) -> None:
             np.testing.assert_allclose(smooth.numpy(), ref.smooth_result, atol=1e-9, rtol=0)
             # where the leverage is 1 the package divides rounding noise by rounding noise
             valid = ax._span(span).valid.numpy()
-            np.testing.assert_allclose(res.numpy()[valid], np.asarray(ref.cross_validated_residual)[valid], atol=1e-8, rtol=1e-8)
+            np.testing.assert_allclose(
+                res.numpy()[valid], np.asarray(ref.cross_validated_residual)[valid], atol=1e-8, rtol=1e-8
+            )
 
 
 def test_leverage_one_reuses_previous_residual() -> None:

@@ -1,4 +1,5 @@
 """analyze / Explanation / analyzers against the raw Captum calls (captum 0.8 and 0.9)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -93,8 +94,13 @@ def test_smoothgrad_matches_noise_tunnel_saliency(model, x, batch_size):
     expl = analyze(x, SmoothGrad(model, n=5, std=0.3, batch_size=batch_size), target=[1, 2, 3])
     torch.manual_seed(11)
     ref = NoiseTunnel(Saliency(model)).attribute(
-        _leaf(x), nt_type="smoothgrad", nt_samples=5, nt_samples_batch_size=batch_size,
-        stdevs=0.3, target=torch.tensor([1, 2, 3]), abs=False,
+        _leaf(x),
+        nt_type="smoothgrad",
+        nt_samples=5,
+        nt_samples_batch_size=batch_size,
+        stdevs=0.3,
+        target=torch.tensor([1, 2, 3]),
+        abs=False,
     )
     _close(expl.val, ref)
     assert expl.method == "SmoothGrad" and expl.heatmap == "sensitivity"
@@ -177,8 +183,13 @@ def test_nested_augmentations_match_noise_tunnel_of_ig(model, x):
     expl = analyze(x, NoiseAugmentation(inner, 4, 0.2), target=[0, 5, 9])
     torch.manual_seed(2)
     ref = NoiseTunnel(CaptumIG(model)).attribute(
-        x, nt_samples=4, stdevs=0.2, baselines=base, target=torch.tensor([0, 5, 9]),
-        n_steps=5, method="riemann_right",
+        x,
+        nt_samples=4,
+        stdevs=0.2,
+        baselines=base,
+        target=torch.tensor([0, 5, 9]),
+        n_steps=5,
+        method="riemann_right",
     )
     _close(expl.val, ref)
 
@@ -310,10 +321,7 @@ def test_bad_analyzers_and_arguments(model, x):
 
 # -- the model and the inputs are left as they were ------------------------------------------------
 def _hooks(m: nn.Module) -> int:
-    return sum(
-        len(mod._forward_hooks) + len(mod._forward_pre_hooks) + len(mod._backward_hooks)
-        for mod in m.modules()
-    )
+    return sum(len(mod._forward_hooks) + len(mod._forward_pre_hooks) + len(mod._backward_hooks) for mod in m.modules())
 
 
 def test_model_and_inputs_unchanged(x):
@@ -329,8 +337,11 @@ def test_model_and_inputs_unchanged(x):
     y = x.clone()
     z = x.clone().requires_grad_()
     analyzers = [
-        Gradient(model), InputTimesGradient(model), SmoothGrad(model, 2, 0.1),
-        IntegratedGradients(model, 3), GradCAM(model, model.conv2),
+        Gradient(model),
+        InputTimesGradient(model),
+        SmoothGrad(model, 2, 0.1),
+        IntegratedGradients(model, 3),
+        GradCAM(model, model.conv2),
         NoiseAugmentation(GradCAM(model, model.conv2), 2, 0.1),
         InterpolationAugmentation(InputTimesGradient(model), 3),
     ]

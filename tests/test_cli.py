@@ -1,4 +1,5 @@
 """The ``captum-elfa`` command: ``demo``, ``report`` on a torchvision ResNet-18 and its error messages."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,17 @@ import torch
 
 from captum_elfa.cli import main
 
-FIGURES_DEMO = ("scree", "loadings", "channel_insights", "fit_summary", "efam", "cam_vs_efam",
-                "pcace_ranking", "top_channel_maps", "ace_transforms")
+FIGURES_DEMO = (
+    "scree",
+    "loadings",
+    "channel_insights",
+    "fit_summary",
+    "efam",
+    "cam_vs_efam",
+    "pcace_ranking",
+    "top_channel_maps",
+    "ace_transforms",
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -66,7 +76,7 @@ def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     k = 0
     for photo in load_sample_images().images:
         for j in range(6):
-            crop = Image.fromarray(photo[40 * j: 40 * j + 160, 60 * j: 60 * j + 200])
+            crop = Image.fromarray(photo[40 * j : 40 * j + 160, 60 * j : 60 * j + 200])
             folder = root if k < 6 else (root / "more" if k < 10 else root / "more" / "deeper")
             crop.save(folder / (f"img{k:02d}.jpg" if k % 2 else f"img{k:02d}.png"))
             k += 1
@@ -75,8 +85,23 @@ def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _report_args(weights: Path, images: Path, out: Path, *extra: str) -> list:
-    return ["report", "--model", "torchvision:resnet18", "--weights", str(weights), "--layer", "layer3",
-            "--images", str(images), "--image-size", "96", "--out", str(out), "--no-progress", *extra]
+    return [
+        "report",
+        "--model",
+        "torchvision:resnet18",
+        "--weights",
+        str(weights),
+        "--layer",
+        "layer3",
+        "--images",
+        str(images),
+        "--image-size",
+        "96",
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _check_pngs(out: Path, names) -> None:
@@ -144,7 +169,9 @@ def test_report_resnet18(resnet_weights: Path, image_dir: Path, tmp_path: Path, 
     assert "layer3" in html
 
 
-def test_report_max_images_skips_pcace(resnet_weights: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_report_max_images_skips_pcace(
+    resnet_weights: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """Fewer than 10 images: ELFA only, PCACE skipped with a note (no --target: top class)."""
     out = tmp_path / "rep"
     args = _report_args(resnet_weights, image_dir, out, "--n-factors", "6", "--max-images", "6", "--batch-size", "4")
@@ -161,8 +188,9 @@ def test_report_max_images_skips_pcace(resnet_weights: Path, image_dir: Path, tm
     assert not (out / "pcace_ranking.png").exists()
 
 
-def test_report_user_constructor_from_file(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_report_user_constructor_from_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--model path/to/file.py:callable, a 1-channel model, and --model module:callable."""
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -186,9 +214,24 @@ def test_report_user_constructor_from_file(tmp_path: Path, capsys: pytest.Captur
     for i, d in enumerate(load_digits().images[:12]):
         Image.fromarray((d * 15).astype(np.uint8)).convert("RGB").save(imgs / f"{i}.bmp")
     out = tmp_path / "rep"
-    args = ["report", "--model", f"{tmp_path / 'mynet_cli_test.py'}:build", "--weights", str(tmp_path / "w.pt"),
-            "--layer", "3", "--images", str(imgs), "--image-size", "16", "--out", str(out), "--no-progress",
-            "--n-factors", "0.8"]
+    args = [
+        "report",
+        "--model",
+        f"{tmp_path / 'mynet_cli_test.py'}:build",
+        "--weights",
+        str(tmp_path / "w.pt"),
+        "--layer",
+        "3",
+        "--images",
+        str(imgs),
+        "--image-size",
+        "16",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--n-factors",
+        "0.8",
+    ]
     assert main(args) == 0, capsys.readouterr().err
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["elfa"]["n_channels"] == 12 and doc["elfa"]["activation_shape"] == [12, 16, 16]
@@ -218,7 +261,9 @@ def _fails(args: list, capsys: pytest.CaptureFixture) -> str:
     return err
 
 
-def test_error_wrong_layer_lists_valid_names(resnet_weights: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_error_wrong_layer_lists_valid_names(
+    resnet_weights: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     args = _report_args(resnet_weights, image_dir, tmp_path / "o")
     args[args.index("--layer") + 1] = "layer33"
     err = _fails(args, capsys)
@@ -230,7 +275,9 @@ def test_error_wrong_layer_lists_valid_names(resnet_weights: Path, image_dir: Pa
     assert not (tmp_path / "o").exists()
 
 
-def test_error_unreadable_image_names_the_file(resnet_weights: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_error_unreadable_image_names_the_file(
+    resnet_weights: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     import shutil
 
     bad = tmp_path / "imgs"
@@ -275,23 +322,29 @@ def test_error_weights_that_do_not_fit(image_dir: Path, tmp_path: Path, capsys: 
     assert "Missing key(s)" in err
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("resnet18", "is not valid; use torchvision:NAME"),
-    ("torchvision:resnet19", "torchvision.models has no model 'resnet19'; did you mean resnet18"),
-    ("no_such_module_xyz:build", "cannot import module 'no_such_module_xyz'"),
-    ("captum_elfa:no_such_callable", "has no attribute 'no_such_callable'"),
-    ("captum_elfa:__version__", "not a callable"),
-    ("/nonexistent/net.py:build", "file '/nonexistent/net.py' not found"),
-])
-def test_error_bad_model_spec(spec: str, message: str, resnet_weights: Path, image_dir: Path, tmp_path: Path,
-                              capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("resnet18", "is not valid; use torchvision:NAME"),
+        ("torchvision:resnet19", "torchvision.models has no model 'resnet19'; did you mean resnet18"),
+        ("no_such_module_xyz:build", "cannot import module 'no_such_module_xyz'"),
+        ("captum_elfa:no_such_callable", "has no attribute 'no_such_callable'"),
+        ("captum_elfa:__version__", "not a callable"),
+        ("/nonexistent/net.py:build", "file '/nonexistent/net.py' not found"),
+    ],
+)
+def test_error_bad_model_spec(
+    spec: str, message: str, resnet_weights: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     args = _report_args(resnet_weights, image_dir, tmp_path / "o")
     args[args.index("--model") + 1] = spec
     err = _fails(args, capsys)
     assert message in err, err
 
 
-def test_error_target_and_arguments(resnet_weights: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_error_target_and_arguments(
+    resnet_weights: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     err = _fails(_report_args(resnet_weights, image_dir, tmp_path / "o", "--target", "1000"), capsys)
     assert "--target 1000 is not valid: the model has 1000 outputs" in err
     err = _fails(_report_args(resnet_weights, image_dir, tmp_path / "o", "--n-factors", "many"), capsys)

@@ -1,4 +1,5 @@
 """compare_layers: one pass over the data, results equal to separate per-layer runs."""
+
 from __future__ import annotations
 
 import io
@@ -84,7 +85,7 @@ def test_state_restored_when_a_batch_raises(x150):
     model = SmallCNN(c1=12, c2=16, seed=3)
     before = model_state(model)
     bad = [x150[:20], torch.zeros(20, 1, 4)]  # the second batch breaks the convolution
-    with pytest.raises(Exception), pytest.warns(UserWarning, match="training mode"):
+    with pytest.raises(RuntimeError), pytest.warns(UserWarning, match="training mode"):
         compare_layers(model, [model.relu1, model.relu2], bad, target=0, progress=False)
     assert_same_state(before, model_state(model))
 
@@ -144,8 +145,13 @@ def test_dataloader_and_uneven_batches_match_tensor(model, x150, comparison):
 
     loader = DataLoader(TensorDataset(x150, torch.zeros(150, dtype=torch.long)), batch_size=40)
     a = compare_layers(model, {"relu2": model.relu2}, loader, target=3, progress=False)
-    b = compare_layers(model, {"relu2": model.relu2}, iter([x150[:40], x150[40:80], x150[80:120], x150[120:]]),
-                       target=3, progress=False)
+    b = compare_layers(
+        model,
+        {"relu2": model.relu2},
+        iter([x150[:40], x150[40:80], x150[80:120], x150[120:]]),
+        target=3,
+        progress=False,
+    )
     for out in (a, b):
         torch.testing.assert_close(out.pcace["relu2"], comparison.pcace["relu2"], rtol=0, atol=1e-8)
         torch.testing.assert_close(out.elfa["relu2"].loadings_, comparison.elfa["relu2"].loadings_, rtol=0, atol=1e-8)

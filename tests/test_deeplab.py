@@ -4,13 +4,13 @@ The model is randomly initialised (``weights=None, weights_backbone=None``: no d
 on 12 random 48x48 images; the hooked layer is the ASPP module ``classifier[0]`` (256 channels,
 6x6 at output stride 8: 432 samples).
 """
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
-
 from captum.attr import LayerAttribution
 
 from captum_elfa import CaptumElfaError, LayerFactorAnalysis, NeuronPCACE

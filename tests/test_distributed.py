@@ -4,6 +4,7 @@ the model (ELFA) and the scores (PCACE) of one process given all the data, ident
 Each rank writes its results to a file; the parent compares them. Every wait has a timeout (the
 process group's 60 s, the parent's join) so a failure cannot hang the test run.
 """
+
 from __future__ import annotations
 
 import os
@@ -98,7 +99,9 @@ def _worker(rank: int, port: int, tmpdir: str) -> None:
         ref = LayerFactorAnalysis(model, model.relu2).fit(x, progress=False, batch_size=64, distributed=False)
         out["lfa_ref"] = _lfa_state(ref)
         # rank 1 sees no batch at all: rank 0's data alone
-        lfa0 = LayerFactorAnalysis(model, model.relu2).fit(x if rank == 0 else [], progress=False, batch_size=BATCH[rank])
+        lfa0 = LayerFactorAnalysis(model, model.relu2).fit(
+            x if rank == 0 else [], progress=False, batch_size=BATCH[rank]
+        )
         out["lfa_empty_rank"] = _lfa_state(lfa0)
 
         # the functional form on raw moments
@@ -119,22 +122,38 @@ def _worker(rank: int, port: int, tmpdir: str) -> None:
         out["pcace_ref"] = NeuronPCACE(model, model.relu1).attribute(x, target=3, progress=False, distributed=False)
         # 5 images on rank 0 (below the minimum of 10 on its own): the total counts
         small = x[:5] if rank == 0 else x[5:40]
-        out["pcace_small"] = NeuronPCACE(model, model.relu1).attribute(small, target=3, progress=False, batch_size=BATCH[rank])
-        out["pcace_small_ref"] = NeuronPCACE(model, model.relu1).attribute(x[:40], target=3, progress=False, distributed=False)
+        out["pcace_small"] = NeuronPCACE(model, model.relu1).attribute(
+            small, target=3, progress=False, batch_size=BATCH[rank]
+        )
+        out["pcace_small_ref"] = NeuronPCACE(model, model.relu1).attribute(
+            x[:40], target=3, progress=False, distributed=False
+        )
 
         # errors are raised on every rank, no rank waits for the timeout
         bad = shard.clone()
         if rank == 1:
             bad[40] = float("nan")  # in rank 1's batch 1 (batch size 29)
-        _expect_error(lambda: LayerFactorAnalysis(model, model.relu2).fit(bad, progress=False, batch_size=BATCH[rank]), out, "err_nan")
+        _expect_error(
+            lambda: LayerFactorAnalysis(model, model.relu2).fit(bad, progress=False, batch_size=BATCH[rank]),
+            out,
+            "err_nan",
+        )
         broken = _FailsMidway(shard) if rank == 1 else shard
-        _expect_error(lambda: LayerFactorAnalysis(model, model.relu2).fit(broken, progress=False), out, "err_lfa_broken")
-        _expect_error(lambda: NeuronPCACE(model, model.relu1).attribute(broken, target=3, progress=False), out, "err_pcace_broken")
+        _expect_error(
+            lambda: LayerFactorAnalysis(model, model.relu2).fit(broken, progress=False), out, "err_lfa_broken"
+        )
+        _expect_error(
+            lambda: NeuronPCACE(model, model.relu1).attribute(broken, target=3, progress=False), out, "err_pcace_broken"
+        )
         _expect_error(lambda: LayerFactorAnalysis(model, model.relu2).fit([], progress=False), out, "err_all_empty")
-        _expect_error(lambda: NeuronPCACE(model, model.relu1).attribute(x[:4], target=3, progress=False), out, "err_pcace_few")
+        _expect_error(
+            lambda: NeuronPCACE(model, model.relu1).attribute(x[:4], target=3, progress=False), out, "err_pcace_few"
+        )
         layer = model.relu2 if rank == 0 else model.relu1  # 20 vs 12 channels
         _expect_error(lambda: LayerFactorAnalysis(model, layer).fit(shard, progress=False), out, "err_lfa_channels")
-        _expect_error(lambda: NeuronPCACE(model, layer).attribute(shard, target=3, progress=False), out, "err_pcace_channels")
+        _expect_error(
+            lambda: NeuronPCACE(model, layer).attribute(shard, target=3, progress=False), out, "err_pcace_channels"
+        )
         # the process group still works after all those errors
         out["after_errors"] = LayerFactorAnalysis(model, model.relu2).fit(shard, progress=False).loadings_
     except Exception:
@@ -208,7 +227,9 @@ def test_world_size(ranks: list) -> None:
     assert [r["world"] for r in ranks] == [2, 2]
 
 
-@pytest.mark.parametrize("key", ["lfa", "lfa_empty_rank", "moments", "moments_none", "pcace", "pcace_y", "pcace_small", "after_errors"])
+@pytest.mark.parametrize(
+    "key", ["lfa", "lfa_empty_rank", "moments", "moments_none", "pcace", "pcace_y", "pcace_small", "after_errors"]
+)
 def test_ranks_identical(ranks: list, key: str) -> None:
     _assert_identical(ranks[0][key], ranks[1][key], key)
 

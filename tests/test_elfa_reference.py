@@ -3,6 +3,7 @@
 Oracles: factor_analyzer (KMO, Bartlett), scikit-learn FactorAnalysis (ML model, rotation,
 transform) and the ELFA reference package `elfa` (criteria, layerfa, attr_maps).
 """
+
 from __future__ import annotations
 
 import itertools

@@ -1,4 +1,5 @@
 """Deletion / insertion curves and their AUC on cases whose answer is known."""
+
 from __future__ import annotations
 
 import pytest
@@ -43,7 +44,7 @@ def linear_case():
 
 def test_exact_deletion_curve_of_linear_model(linear_case):
     model, x, w = linear_case
-    true = (x * w)  # exact contributions
+    true = x * w  # exact contributions
     f, s = deletion_curve(model, x, true, target=0, steps=8, score="logit")
     assert f.shape == (9,) and s.shape == (12, 9)
     torch.testing.assert_close(f, torch.linspace(0, 1, 9, dtype=torch.float64))
@@ -61,10 +62,14 @@ def test_true_map_beats_random_and_inverse_maps(linear_case):
     true = x * w
     rand = torch.rand(x.shape, generator=torch.Generator().manual_seed(5))
     for score in ("logit", "prob"):
-        d = {name: auc(*deletion_curve(model, x, m, target=0, steps=16, score=score)) for name, m in
-             (("true", true), ("random", rand), ("inverse", -true))}
-        i = {name: auc(*insertion_curve(model, x, m, target=0, steps=16, baseline=0.0, score=score)) for name, m in
-             (("true", true), ("random", rand), ("inverse", -true))}
+        d = {
+            name: auc(*deletion_curve(model, x, m, target=0, steps=16, score=score))
+            for name, m in (("true", true), ("random", rand), ("inverse", -true))
+        }
+        i = {
+            name: auc(*insertion_curve(model, x, m, target=0, steps=16, baseline=0.0, score=score))
+            for name, m in (("true", true), ("random", rand), ("inverse", -true))
+        }
         # removing the biggest contributions first is optimal for a linear model, image by image
         assert bool((d["true"] <= d["random"] + 1e-9).all()) and bool((d["random"] <= d["inverse"] + 1e-9).all())
         assert bool((i["true"] >= i["random"] - 1e-9).all()) and bool((i["random"] >= i["inverse"] - 1e-9).all())

@@ -1,4 +1,5 @@
 """Figures of ELFA and PCACE results, rendered with Agg on models fitted on scikit-learn's digits."""
+
 from __future__ import annotations
 
 import io
@@ -242,8 +243,7 @@ def test_plot_fit_summary(lfa):
     assert len(fig.axes) == 4
     a_kmo, a_g2, a_var, a_txt = fig.axes
     live = lfa.live_channels_
-    np.testing.assert_allclose([p.get_height() for p in a_kmo.patches],
-                               lfa.adequacy_.kmo_per_channel[live].numpy())
+    np.testing.assert_allclose([p.get_height() for p in a_kmo.patches], lfa.adequacy_.kmo_per_channel[live].numpy())
     p20 = [ln for ln in a_g2.get_lines() if "20th percentile" in ln.get_label()][0]
     assert p20.get_xdata()[0] == pytest.approx(lfa.metrics_.gamma2_p20)
     assert sum(p.get_height() for p in a_g2.patches) == len(live)  # every live channel counted
@@ -273,12 +273,16 @@ def test_plot_efam_gallery(lfa, images):
     for i in range(3):
         base = fig.axes[i * cols].get_images()
         assert len(base) == 1
-        np.testing.assert_allclose(base[0].get_array(), (x[i, 0] - x[i, 0].min()) / (x[i, 0].max() - x[i, 0].min()), atol=1e-6)
+        np.testing.assert_allclose(
+            base[0].get_array(), (x[i, 0] - x[i, 0].min()) / (x[i, 0].max() - x[i, 0].min()), atol=1e-6
+        )
         heat = fig.axes[i * cols + 1].get_images()[1]
         np.testing.assert_allclose(heat.get_array(), efam[i, 0].numpy(), atol=1e-6)
         assert heat.get_alpha() == 0.5
         for f in range(k):
-            np.testing.assert_allclose(fig.axes[i * cols + 2 + f].get_images()[1].get_array(), per[i, f].numpy(), atol=1e-6)
+            np.testing.assert_allclose(
+                fig.axes[i * cols + 2 + f].get_images()[1].get_array(), per[i, f].numpy(), atol=1e-6
+            )
 
 
 def test_plot_efam_factor_choices(lfa, images):
@@ -303,7 +307,9 @@ def test_plot_efam_rgb_images(digits):
     x, _ = digits
     rgb = torch.cat([x[:300], 1 - x[:300], x[:300].flip(-1)], 1)  # [N, 3, 8, 8]
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)).eval()
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)
+    ).eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         rgb_lfa = LayerFactorAnalysis(net, net[1]).fit(rgb, n_factors=2, progress=False)
@@ -372,8 +378,9 @@ def test_plot_top_channel_maps(pc, model, digits):
     top = pc.rank_channels().channels[:5].tolist()
     for i in range(4):
         for col, ch in enumerate(top):
-            np.testing.assert_allclose(fig.axes[i * 6 + col + 1].get_images()[0].get_array(),
-                                       acts[0][i, ch].double().numpy(), atol=1e-6)
+            np.testing.assert_allclose(
+                fig.axes[i * 6 + col + 1].get_images()[0].get_array(), acts[0][i, ch].double().numpy(), atol=1e-6
+            )
     assert f"ch {top[0]}" in fig.axes[1].get_title()
     assert len(plot_top_channel_maps(pc, x3[:2], k=3, n_images=4).axes) == 2 * 4  # fewer images
     with pytest.raises(CaptumElfaError, match="k=50"):

@@ -1,4 +1,5 @@
 """heatmap presets (VisionHeatmaps.jl) and the bridge to Captum's visualize_image_attr."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -19,8 +20,11 @@ from captum_elfa.visualization import heatmap, visualize_explanation
 def _expl(val: torch.Tensor, preset: str) -> Explanation:
     n = val.shape[0]
     return Explanation(
-        val=val, output=torch.zeros(n, 2), target=torch.zeros(n, dtype=torch.long),
-        method="constructed", heatmap=preset,
+        val=val,
+        output=torch.zeros(n, 2),
+        target=torch.zeros(n, dtype=torch.long),
+        method="constructed",
+        heatmap=preset,
     )
 
 

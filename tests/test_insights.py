@@ -1,5 +1,6 @@
 """captum_elfa.insights: our methods in Captum Insights' menu (captum < 0.9), computed through
 Insights' own attribution path, and a clear ImportError where captum >= 0.9 has no Insights."""
+
 from __future__ import annotations
 
 import importlib
@@ -9,10 +10,10 @@ import captum
 import pytest
 import torch
 from captum.attr import LayerAttribution
-from helpers import SmallCNN
 
 import captum_elfa
 from captum_elfa import LayerFactorAnalysis
+from helpers import SmallCNN
 
 
 def _captum_at_least_09() -> bool:
@@ -73,8 +74,13 @@ def _insights_attribution(vis, x3, target, name, **overrides):
     calc = vis.attribution_calculation
     _, baselines, transformed = calc.calculate_predicted_scores((x3[:1],), None, vis.models[0])
     return calc.calculate_attribution(
-        baselines, transformed, None, torch.tensor([target]), name,
-        dict(vis._config.attribution_arguments), vis.models[0],
+        baselines,
+        transformed,
+        None,
+        torch.tensor([target]),
+        name,
+        dict(vis._config.attribution_arguments),
+        vis.models[0],
     )
 
 
@@ -161,8 +167,13 @@ def test_fetch_path_serves_our_methods(ins, setup):
     vis.visualize()
     cache = vis._outputs[0][1]
     attr = vis.attribution_calculation.calculate_attribution(
-        None, cache.inputs, None, torch.tensor([0]), ins.EFAM_NAME,
-        dict(vis._config.attribution_arguments), wrapped,
+        None,
+        cache.inputs,
+        None,
+        torch.tensor([0]),
+        ins.EFAM_NAME,
+        dict(vis._config.attribution_arguments),
+        wrapped,
     )[0]
     xg = cache.inputs[0][:, :1]
     torch.testing.assert_close(

@@ -5,6 +5,7 @@ EFAM in the method menu, presses Fetch and checks that attribution images appear
 blank. Skips where Chromium, Playwright or Captum Insights (captum < 0.9, flask) are missing.
 Set ``CAPTUM_ELFA_SCREENSHOT_DIR`` to keep the screenshot.
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,6 +22,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+
 from helpers import SmallCNN
 
 CHROMIUM = "/usr/bin/chromium"

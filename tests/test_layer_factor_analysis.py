@@ -1,8 +1,7 @@
 """LayerFactorAnalysis: streaming, input forms, shapes, persistence, bad input, model hygiene."""
+
 from __future__ import annotations
 
-import io
-import pickle
 import warnings
 
 import numpy as np
@@ -47,9 +46,7 @@ def test_same_result_whatever_the_batching(x200):
     b = LayerFactorAnalysis(model, model.relu2).fit(
         DataLoader(TensorDataset(x200, y), batch_size=23), n_factors=3, progress=False
     )
-    c = LayerFactorAnalysis(model, model.relu2).fit(
-        [x200[:1], x200[1:120], x200[120:]], n_factors=3, progress=False
-    )
+    c = LayerFactorAnalysis(model, model.relu2).fit([x200[:1], x200[1:120], x200[120:]], n_factors=3, progress=False)
     # float32 convolutions may round differently with another batch size: ~1e-7 relative
     for o in (b, c):
         torch.testing.assert_close(o.mean_, a.mean_, rtol=1e-6, atol=1e-9)

@@ -1,5 +1,6 @@
 """NeuronPCACE against the authors' recipe (scikit-learn StandardScaler + PCA, then the ``ace``
 package per channel, |corr(phi, theta)|), its conveniences, its errors, and model hygiene."""
+
 from __future__ import annotations
 
 import contextlib
@@ -257,7 +258,9 @@ def test_non_finite_target_or_activations() -> None:
     x = torch.randn(20, 3, 8, 8)
     pc = NeuronPCACE(net, net.body[1])
     with pytest.raises(CaptumElfaError, match=r"target scores contain NaN or Inf \(images \[0, 10\]\)"):
-        pc.attribute(x, target=lambda o: torch.cat([torch.tensor([float("nan")]), o[1:, 1]]), progress=False, batch_size=10)
+        pc.attribute(
+            x, target=lambda o: torch.cat([torch.tensor([float("nan")]), o[1:, 1]]), progress=False, batch_size=10
+        )
     x[3, :, 2:4, 2:4] = float("inf")
     with pytest.raises(CaptumElfaError, match=r"NaN or Inf activations in channels \[0, 1, 2, 3\]"):
         pc.attribute(x, target=lambda o: torch.linspace(0, 1, o.shape[0]), progress=False)

@@ -1,4 +1,5 @@
 """Image synthesis (captum_elfa.optim): intrinsic features inversion and activation maximisation."""
+
 from __future__ import annotations
 
 import io
@@ -149,7 +150,9 @@ def test_transforms_seeded_and_shape_preserving():
     assert torch.equal(RandomScale([1.0])(x, torch.Generator()), x)
     # a rotation by 90 degrees of a square image is a permutation of its pixels
     r = RandomRotate([90])(x, torch.Generator())
-    assert torch.allclose(r, torch.rot90(x, 1, (2, 3)), atol=1e-5) or torch.allclose(r, torch.rot90(x, -1, (2, 3)), atol=1e-5)
+    assert torch.allclose(r, torch.rot90(x, 1, (2, 3)), atol=1e-5) or torch.allclose(
+        r, torch.rot90(x, -1, (2, 3)), atol=1e-5
+    )
     c = Compose([Jitter(1), RandomRotate([5, -5])])
     outs = {bytes(c(x, torch.Generator().manual_seed(s)).numpy().tobytes()) for s in range(6)}
     assert len(outs) > 1
@@ -207,7 +210,9 @@ def test_pixel_method_is_the_reference_step(digits_lfa):
     """One step of method='pixel' is x <- clip(x - lr * g / std(g)) on the reference's loss."""
     model, lfa = digits_lfa
     init = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    res = invert_factor(lfa, 2, (1, 8, 8), steps=1, lr=0.01, method="pixel", standardize=False, init=init, progress=False)
+    res = invert_factor(
+        lfa, 2, (1, 8, 8), steps=1, lr=0.01, method="pixel", standardize=False, init=init, progress=False
+    )
     x = init.clone().requires_grad_(True)
     acts = []
     h = model.conv2.register_forward_hook(lambda m, i, o: acts.append(o))

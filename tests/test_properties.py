@@ -1,5 +1,6 @@
 """Property-based tests of the streamed statistics: permuting the samples, splitting them into
 other batches, or rescaling a channel does not change the correlation-based results."""
+
 from __future__ import annotations
 
 import numpy as np

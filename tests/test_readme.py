@@ -1,4 +1,5 @@
 """The README's example and the quickstart run as written."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,9 @@ def test_readme_example_runs():
 def test_quickstart_script(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "quickstart.py"), "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     assert "PCACE top channels" in out.stdout

@@ -8,6 +8,7 @@ a batch that raises midway, attribute/save before fit, loading foreign/truncated
 files, train mode (tests/test_layer_factor_analysis.py); PCACE bad targets, fewer than 10 images
 (tests/test_neuron_pcace.py).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -126,12 +127,14 @@ def _bad_calls():
         def gen():
             yield x[:20]
             raise RuntimeError("corrupt image")
+
         LayerFactorAnalysis(m, m.relu2).fit(gen(), progress=False)
 
     def fitted_then(call):
         def run(m, x):
             lfa = LayerFactorAnalysis(m, m.relu2).fit(x, n_factors=2, progress=False)
             call(lfa, x)
+
         return run
 
     return [
@@ -141,8 +144,13 @@ def _bad_calls():
         ("n_factors>=live", fit(n_factors=16), CaptumElfaError),
         ("n_factors='bad'", fit(n_factors="bad"), CaptumElfaError),
         ("rotation", fit(rotation="oblimin"), CaptumElfaError),
-        ("empty loader", lambda m, x: LayerFactorAnalysis(m, m.relu2).fit(
-            DataLoader(TensorDataset(x[:0]), batch_size=4), progress=False), CaptumElfaError),
+        (
+            "empty loader",
+            lambda m, x: LayerFactorAnalysis(m, m.relu2).fit(
+                DataLoader(TensorDataset(x[:0]), batch_size=4), progress=False
+            ),
+            CaptumElfaError,
+        ),
         ("not in model", lambda m, x: LayerFactorAnalysis(m, nn.ReLU()).fit(x, progress=False), CaptumElfaError),
         ("raises midway", raising_loader, RuntimeError),
         ("normalize", fitted_then(lambda lfa, x: lfa.attribute(x[:2], normalize="sigmoid")), CaptumElfaError),

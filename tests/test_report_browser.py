@@ -1,4 +1,5 @@
 """The demo's report opens in headless Chromium and shows its figures (a screenshot, not blank)."""
+
 from __future__ import annotations
 
 import io
@@ -10,8 +11,15 @@ import numpy as np
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +50,9 @@ def test_report_renders_in_chromium(demo_report: Path) -> None:
             page.on("request", lambda r: requests.append(r.url))
             page.goto(index.as_uri(), wait_until="load")
             imgs = page.eval_on_selector_all(
-                "img", "els => els.map(e => ({src: e.src.slice(0, 30), complete: e.complete, w: e.naturalWidth, h: e.naturalHeight}))")
+                "img",
+                "els => els.map(e => ({src: e.src.slice(0, 30), complete: e.complete, w: e.naturalWidth, h: e.naturalHeight}))",
+            )
             title = page.title()
             headings = page.eval_on_selector_all("h2, h3", "els => els.map(e => e.textContent)")
             table_rows = page.eval_on_selector_all("table.summary tr", "els => els.length")

@@ -6,6 +6,7 @@ ipykernel installs into the environment (``<sys.prefix>/share/jupyter/kernels/py
 in the notebook, checks that the kernel's ``sys.prefix`` is the test's. The notebooks run with the
 tutorials folder as their working directory and write only to temporary folders.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,12 @@ def _python3_kernel() -> str:
         spec = KernelSpecManager().get_kernel_spec("python3")
     except NoSuchKernel:
         pytest.skip("no 'python3' Jupyter kernel spec (install ipykernel in this environment)")
-    if spec.argv[0] not in ("python", f"python{sys.version_info[0]}", f"python{sys.version_info[0]}.{sys.version_info[1]}", sys.executable):
+    if spec.argv[0] not in (
+        "python",
+        f"python{sys.version_info[0]}",
+        f"python{sys.version_info[0]}.{sys.version_info[1]}",
+        sys.executable,
+    ):
         pytest.skip(f"the 'python3' kernel spec runs {spec.argv[0]!r}, not this interpreter ({sys.executable})")
     return "python3"
 
@@ -47,7 +53,9 @@ def test_notebooks_are_committed_without_outputs() -> None:
         nbformat.validate(nb)
         for cell in nb.cells:
             if cell.cell_type == "code":
-                assert not cell.outputs and cell.execution_count is None, f"{name} has outputs; regenerate it with tutorials/_build.py"
+                assert not cell.outputs and cell.execution_count is None, (
+                    f"{name} has outputs; regenerate it with tutorials/_build.py"
+                )
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

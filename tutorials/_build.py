@@ -5,6 +5,7 @@
 Every notebook is built from the cells below with ``nbformat.v4``; edit this file, not the
 ``.ipynb`` files, and re-run it. ``tests/test_tutorials.py`` executes the notebooks.
 """
+
 from __future__ import annotations
 
 import os

@@ -6,6 +6,7 @@ Edit this file, not the ``.ipynb`` file, and re-run it. ``tests/test_tutorials.p
 notebook (in captum 0.8 it serves Insights; in captum >= 0.9 its Insights cells say why they do
 nothing).
 """
+
 from __future__ import annotations
 
 import os

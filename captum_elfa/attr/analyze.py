@@ -5,6 +5,7 @@
 Captum and returns an :class:`Explanation` that also says how to draw it (its heatmap preset,
 see :func:`captum_elfa.heatmap`).
 """
+
 from __future__ import annotations
 
 import numbers
@@ -18,8 +19,8 @@ from torch import Tensor, nn
 
 from captum_elfa._validation import CaptumElfaError, check_choice
 from captum_elfa.attr.analyzers import (
-    PRESETS,
     EFAM,
+    PRESETS,
     Analyzer,
     GradCAM,
     Gradient,
@@ -88,8 +89,7 @@ class Explanation:
 def _check_inputs(inputs: Any) -> Tensor:
     if not isinstance(inputs, Tensor):
         raise CaptumElfaError(
-            f"inputs must be a torch.Tensor with the batch in dimension 0, got "
-            f"{type(inputs).__name__}"
+            f"inputs must be a torch.Tensor with the batch in dimension 0, got {type(inputs).__name__}"
         )
     if inputs.dim() < 2 or inputs.shape[0] == 0:
         raise CaptumElfaError(
@@ -98,8 +98,7 @@ def _check_inputs(inputs: Any) -> Tensor:
         )
     if not inputs.is_floating_point():
         raise CaptumElfaError(
-            f"inputs has dtype {inputs.dtype}; gradients need a floating-point Tensor, "
-            "e.g. inputs.float()"
+            f"inputs has dtype {inputs.dtype}; gradients need a floating-point Tensor, e.g. inputs.float()"
         )
     finite = torch.isfinite(inputs)
     if not bool(finite.all()):
@@ -107,8 +106,7 @@ def _check_inputs(inputs: Any) -> Tensor:
         n_inf = int(torch.isinf(inputs).sum())
         first = tuple(int(i) for i in (~finite).nonzero()[0])
         raise CaptumElfaError(
-            f"inputs contain {n_nan} NaN and {n_inf} Inf values (first at index {first}); "
-            "analyze needs finite inputs"
+            f"inputs contain {n_nan} NaN and {n_inf} Inf values (first at index {first}); analyze needs finite inputs"
         )
     return inputs
 
@@ -154,13 +152,10 @@ def _resolve_target(target: TargetLike, output: Tensor) -> Optional[Tensor]:
             raise CaptumElfaError(f"target={_short(target)} is not a sequence of ints ({exc})") from None
     if not isinstance(target, Tensor):
         raise CaptumElfaError(
-            f"target must be None, an int or one int per sample (list or Tensor), got "
-            f"{type(target).__name__}"
+            f"target must be None, an int or one int per sample (list or Tensor), got {type(target).__name__}"
         )
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-        raise CaptumElfaError(
-            f"target has dtype {target.dtype}; it must hold integer output indices ({valid})"
-        )
+        raise CaptumElfaError(f"target has dtype {target.dtype}; it must hold integer output indices ({valid})")
     if target.dim() == 0:
         target = target.reshape(1).expand(n_samples)
     if target.dim() != 1 or target.shape[0] != n_samples:
@@ -171,9 +166,7 @@ def _resolve_target(target: TargetLike, output: Tensor) -> Optional[Tensor]:
     bad = (target < 0) | (target >= n_out)
     if bool(bad.any()):
         i = int(bad.nonzero()[0, 0])
-        raise CaptumElfaError(
-            f"target[{i}]={int(target[i])} is outside the model output; {valid}"
-        )
+        raise CaptumElfaError(f"target[{i}]={int(target[i])} is outside the model output; {valid}")
     return target.to(device=output.device, dtype=torch.long)
 
 
@@ -273,9 +266,7 @@ def analyze(
         val = an._attribute(x, target_used, additional_forward_args, rows, extras)
     if not isinstance(val, Tensor) or val.dim() == 0 or val.shape[0] != n_samples:
         shape = tuple(val.shape) if isinstance(val, Tensor) else type(val).__name__
-        raise CaptumElfaError(
-            f"{an.name} returned an attribution of shape {shape} for {n_samples} samples"
-        )
+        raise CaptumElfaError(f"{an.name} returned an attribution of shape {shape} for {n_samples} samples")
     return Explanation(
         val=val.detach(),
         output=output,

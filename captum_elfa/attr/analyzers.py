@@ -17,6 +17,7 @@ Internal protocol (used by :func:`analyze` and the augmentation wrappers)::
 from (augmentations repeat samples), so that per-sample baselines follow their samples.
 ``extras`` is a dict to fill with method-specific results, or ``None`` inside augmentations.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -72,8 +73,7 @@ Distribution = Union[torch.distributions.Distribution, Callable[[torch.Size], Te
 def _check_n(n: Any, owner: str, minimum: int = 1) -> int:
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or int(n) < minimum:
         raise CaptumElfaError(
-            f"{owner}: n={n!r} is not valid; n is the number of samples and must be an int "
-            f">= {minimum}"
+            f"{owner}: n={n!r} is not valid; n is the number of samples and must be an int >= {minimum}"
         )
     return int(n)
 
@@ -82,10 +82,7 @@ def _check_batch_size(batch_size: Any, owner: str) -> Optional[int]:
     if batch_size is None:
         return None
     if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise CaptumElfaError(
-            f"{owner}: batch_size={batch_size!r} is not valid; use None (all at once) or an "
-            "int >= 1"
-        )
+        raise CaptumElfaError(f"{owner}: batch_size={batch_size!r} is not valid; use None (all at once) or an int >= 1")
     return int(batch_size)
 
 
@@ -108,8 +105,7 @@ def _check_model(model: Any, owner: str) -> Callable:
         )
     if not callable(model):
         raise CaptumElfaError(
-            f"{owner}: model must be a torch.nn.Module or a callable forward function, got "
-            f"{type(model).__name__}"
+            f"{owner}: model must be a torch.nn.Module or a callable forward function, got {type(model).__name__}"
         )
     return model
 
@@ -123,15 +119,12 @@ def _check_baseline(baseline: Any, owner: str) -> Baseline:
         return float(baseline)
     if isinstance(baseline, Tensor):
         if not baseline.is_floating_point():
-            raise CaptumElfaError(
-                f"{owner}: baseline has dtype {baseline.dtype}; use a floating-point Tensor"
-            )
+            raise CaptumElfaError(f"{owner}: baseline has dtype {baseline.dtype}; use a floating-point Tensor")
         if not bool(torch.isfinite(baseline).all()):
             raise CaptumElfaError(f"{owner}: baseline contains NaN or Inf values")
         return baseline.detach()
     raise CaptumElfaError(
-        f"{owner}: baseline must be None (zeros), a number or a Tensor, got "
-        f"{type(baseline).__name__}"
+        f"{owner}: baseline must be None (zeros), a number or a Tensor, got {type(baseline).__name__}"
     )
 
 
@@ -170,7 +163,13 @@ def _grad_leaf(inputs: Tensor) -> Tensor:
 
 
 INTERPOLATE_MODES: Tuple[str, ...] = (
-    "nearest", "nearest-exact", "linear", "bilinear", "bicubic", "trilinear", "area",
+    "nearest",
+    "nearest-exact",
+    "linear",
+    "bilinear",
+    "bicubic",
+    "trilinear",
+    "area",
 )
 
 
@@ -474,16 +473,14 @@ class EFAM(Analyzer):
         normalize: str = "max_min",
         interpolate_mode: Optional[str] = None,
     ) -> None:
-        if isinstance(lfa, Analyzer) or not callable(getattr(lfa, "attribute", None)) or not callable(
-            getattr(lfa, "forward_func", None)
+        if (
+            isinstance(lfa, Analyzer)
+            or not callable(getattr(lfa, "attribute", None))
+            or not callable(getattr(lfa, "forward_func", None))
         ):
-            raise CaptumElfaError(
-                f"EFAM needs a fitted captum_elfa.LayerFactorAnalysis, got {type(lfa).__name__}"
-            )
+            raise CaptumElfaError(f"EFAM needs a fitted captum_elfa.LayerFactorAnalysis, got {type(lfa).__name__}")
         if getattr(lfa, "loadings_", None) is None:
-            raise CaptumElfaError(
-                "EFAM needs a fitted LayerFactorAnalysis; call lfa.fit(inputs) first"
-            )
+            raise CaptumElfaError("EFAM needs a fitted LayerFactorAnalysis; call lfa.fit(inputs) first")
         self.lfa = lfa
         self.model = lfa.forward_func
         self.factors = factors
@@ -544,9 +541,7 @@ class CaptumAttribution(Analyzer):
         if not isinstance(method, Attribution):
             raise CaptumElfaError(f"expected a captum.attr.Attribution, got {type(method).__name__}")
         params = inspect.signature(method.attribute).parameters
-        takes_target = "target" in params or any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-        )
+        takes_target = "target" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         if not takes_target:
             hint = (
                 " wrap a fitted LayerFactorAnalysis as EFAM(lfa)"
@@ -554,14 +549,10 @@ class CaptumAttribution(Analyzer):
                 else " analyze explains model outputs; neuron and layer-statistics methods "
                 "(NeuronAttribution) are called directly"
             )
-            raise CaptumElfaError(
-                f"the Captum attribution {type(method).__name__}.attribute takes no target;{hint}"
-            )
+            raise CaptumElfaError(f"the Captum attribution {type(method).__name__}.attribute takes no target;{hint}")
         for key in ("target", "additional_forward_args"):
             if key in attribute_kwargs:
-                raise CaptumElfaError(
-                    f"pass {key} to analyze itself, not as an extra keyword argument"
-                )
+                raise CaptumElfaError(f"pass {key} to analyze itself, not as an extra keyword argument")
         self.method = method
         self.attribute_kwargs = attribute_kwargs
         self.model = method.forward_func
@@ -655,9 +646,7 @@ def _sample_noise(distribution: Distribution, shape: torch.Size, like: Tensor) -
                 f"must return a Tensor of the shape it is given, here {tuple(shape)}"
             )
     if tuple(noise.shape) != tuple(shape):
-        raise CaptumElfaError(
-            f"NoiseAugmentation: the noise has shape {tuple(noise.shape)}, expected {tuple(shape)}"
-        )
+        raise CaptumElfaError(f"NoiseAugmentation: the noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
     return noise.to(device=like.device, dtype=like.dtype)
 
 

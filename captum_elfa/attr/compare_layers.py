@@ -4,6 +4,7 @@ The PCACE paper asks which layers of a network deserve attention; :func:`compare
 with one row of ELFA and PCACE summaries per layer. All layers are hooked at once, so the model
 runs once per batch whatever the number of layers.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -14,8 +15,16 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
-from captum_elfa._capture import Inputs, _layer_name, check_activation_shape, format_additional_args, iter_batches, model_device
-from captum_elfa._progress import n_batches as _n_batches, progress_bar
+from captum_elfa._capture import (
+    Inputs,
+    _layer_name,
+    check_activation_shape,
+    format_additional_args,
+    iter_batches,
+    model_device,
+)
+from captum_elfa._progress import n_batches as _n_batches
+from captum_elfa._progress import progress_bar
 from captum_elfa._validation import CaptumElfaError, check_choice
 from captum_elfa.attr.layer_factor_analysis import LayerFactorAnalysis
 from captum_elfa.attr.neuron_pcace import MIN_IMAGES, NeuronPCACE, _ActivationStore, _select_target, pcace_statistics
@@ -104,9 +113,12 @@ class LayerComparison:
             return np.array([np.nan if r[key] is None else float(r[key]) for r in self.rows])
 
         ax = axes[0, 0]
-        for key, label, marker in (("kmo", "KMO", "o"), ("r2", "R²", "s"),
-                                   ("total_variance_explained", "variance explained", "^"),
-                                   ("gamma2_p20", "γ² p20", "v")):
+        for key, label, marker in (
+            ("kmo", "KMO", "o"),
+            ("r2", "R²", "s"),
+            ("total_variance_explained", "variance explained", "^"),
+            ("gamma2_p20", "γ² p20", "v"),
+        ):
             ax.plot(x, col(key), marker=marker, label=label)
         ax.axhline(0.6, color="grey", lw=0.8, ls="--")
         ax.set_title("Adequacy and fit")
@@ -151,7 +163,7 @@ class LayerComparison:
 def _resolve_layers(model: Callable, layers: LayersArg) -> List[Tuple[str, nn.Module]]:
     if isinstance(layers, dict):
         items = list(layers.items())
-        for name, mod in items:
+        for name, _mod in items:
             if not isinstance(name, str):
                 raise CaptumElfaError(f"layer names must be str, got {type(name).__name__} {name!r}")
     elif isinstance(layers, (list, tuple)):
@@ -247,8 +259,7 @@ def compare_layers(
         n_components = NeuronPCACE._check_n_components(n_components)
         if isinstance(inputs, Tensor) and inputs.dim() > 0 and inputs.shape[0] < MIN_IMAGES:
             raise CaptumElfaError(
-                f"PCACE needs at least {MIN_IMAGES} images, got {inputs.shape[0]}; pass more images "
-                "or pcace=False"
+                f"PCACE needs at least {MIN_IMAGES} images, got {inputs.shape[0]}; pass more images or pcace=False"
             )
     names = [n for n, _ in items]
     total = int(inputs.shape[0]) if isinstance(inputs, Tensor) and inputs.dim() > 0 else None
@@ -354,7 +365,9 @@ def compare_layers(
             if p.requires_grad != flag:
                 p.requires_grad_(flag)
     if n_run == 0:
-        raise CaptumElfaError("inputs yielded no batch (an empty DataLoader or iterable); pass at least one batch of images")
+        raise CaptumElfaError(
+            "inputs yielded no batch (an empty DataLoader or iterable); pass at least one batch of images"
+        )
 
     elfa: Dict[str, LayerFactorAnalysis] = {}
     for name, mod in items:
@@ -368,7 +381,9 @@ def compare_layers(
         lfa = LayerFactorAnalysis(model, mod)
         try:
             with threadpool_limits(limits=1, user_api="blas"):
-                lfa._fit_from_moments(acc.moments.n, acc.moments.mean, acc.moments.comoment, n_factors, rotation, random_state)
+                lfa._fit_from_moments(
+                    acc.moments.n, acc.moments.mean, acc.moments.comoment, n_factors, rotation, random_state
+                )
         except CaptumElfaError as e:
             raise CaptumElfaError(f"layer '{name}': {e}") from None
         lfa.activation_shape_ = spatial[name]
@@ -401,7 +416,9 @@ def compare_layers(
 
 
 def _one_output(output: Any, n: int) -> bool:
-    return isinstance(output, Tensor) and output.dim() > 0 and output.shape[0] == n and output.reshape(n, -1).shape[1] == 1
+    return (
+        isinstance(output, Tensor) and output.dim() > 0 and output.shape[0] == n and output.reshape(n, -1).shape[1] == 1
+    )
 
 
 def _summary_row(name: str, lfa: LayerFactorAnalysis, scores: Optional[Tensor]) -> Dict[str, Any]:

@@ -1,9 +1,8 @@
 """ELFA: Explainable Layer Factor Analysis of a convolutional layer, as a Captum LayerAttribution."""
+
 from __future__ import annotations
 
-import math
 import warnings
-from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Union
 
 import torch
@@ -13,7 +12,8 @@ from torch import Tensor, nn
 
 from captum_elfa._capture import Inputs, LayerCapture, check_activation_shape, iter_batches
 from captum_elfa._distributed import is_distributed
-from captum_elfa._progress import n_batches as _n_batches, progress_bar
+from captum_elfa._progress import n_batches as _n_batches
+from captum_elfa._progress import progress_bar
 from captum_elfa._validation import CaptumElfaError, NotFittedError, check_choice
 from captum_elfa.stats.adequacy import Adequacy, adequacy
 from captum_elfa.stats.factor_model import ROTATIONS, fit_factor_model, score_weights
@@ -24,8 +24,10 @@ from captum_elfa.stats.validity import Metrics, validity_metrics
 try:  # captum's usage logger (a no-op outside Meta)
     from captum.log import log_usage
 except ImportError:  # pragma: no cover
+
     def log_usage(*_a: Any, **_k: Any) -> Callable:
         return lambda f: f
+
 
 __all__ = ["LayerFactorAnalysis"]
 
@@ -89,7 +91,7 @@ class LayerFactorAnalysis(LayerAttribution):
         batch_size: int = 64,
         random_state: Optional[int] = 0,
         distributed: bool = True,
-    ) -> "LayerFactorAnalysis":
+    ) -> LayerFactorAnalysis:
         r"""Stream the layer's activations and fit the factor model.
 
         With an initialised ``torch.distributed`` process group of several ranks (and
@@ -150,7 +152,9 @@ class LayerFactorAnalysis(LayerAttribution):
         try:
             with cap:
                 n_batches = 0
-                for i, batch in enumerate(progress_bar(iter_batches(inputs, batch_size), progress, "ELFA fit", _n_batches(inputs, batch_size))):
+                for i, batch in enumerate(
+                    progress_bar(iter_batches(inputs, batch_size), progress, "ELFA fit", _n_batches(inputs, batch_size))
+                ):
                     cap.run(batch, i, additional_forward_args)
                     n_batches += 1
         except Exception:
@@ -166,7 +170,9 @@ class LayerFactorAnalysis(LayerAttribution):
             if acc.spatial is not None:
                 spatial["shape"] = acc.spatial
         if n_batches == 0 or acc.moments is None:
-            raise CaptumElfaError("inputs yielded no batch (an empty DataLoader or iterable); pass at least one batch of images")
+            raise CaptumElfaError(
+                "inputs yielded no batch (an empty DataLoader or iterable); pass at least one batch of images"
+            )
         bad = acc.first_nonfinite()
         if bad >= 0:
             raise CaptumElfaError(
@@ -177,7 +183,9 @@ class LayerFactorAnalysis(LayerAttribution):
         # the C x C algebra is small: BLAS worker threads spinning against torch's would cost
         # far more than they save (2x idle, 10x+ on a busy 2-core machine)
         with threadpool_limits(limits=1, user_api="blas"):
-            self._fit_from_moments(acc.moments.n, acc.moments.mean, acc.moments.comoment, n_factors, rotation, random_state)
+            self._fit_from_moments(
+                acc.moments.n, acc.moments.mean, acc.moments.comoment, n_factors, rotation, random_state
+            )
         self.activation_shape_ = spatial["shape"]
         self.layer_name_ = cap.layer_name
         return self
@@ -186,16 +194,16 @@ class LayerFactorAnalysis(LayerAttribution):
     def _check_n_factors_type(n_factors: Any) -> None:
         if isinstance(n_factors, bool) or not isinstance(n_factors, (int, float, str)):
             raise CaptumElfaError(
-                f"n_factors={n_factors!r} is not valid; use an int, 'kaiser', 'scree', 'parallel' "
-                "or a float in (0, 1)"
+                f"n_factors={n_factors!r} is not valid; use an int, 'kaiser', 'scree', 'parallel' or a float in (0, 1)"
             )
         if isinstance(n_factors, str) and n_factors not in ("kaiser", "scree", "parallel"):
             raise CaptumElfaError(
-                f"n_factors={n_factors!r} is not valid; use an int, 'kaiser', 'scree', 'parallel' "
-                "or a float in (0, 1)"
+                f"n_factors={n_factors!r} is not valid; use an int, 'kaiser', 'scree', 'parallel' or a float in (0, 1)"
             )
         if isinstance(n_factors, int) and n_factors < 1:
-            raise CaptumElfaError(f"n_factors={n_factors} is not valid; it must be at least 1 (and below the number of live channels)")
+            raise CaptumElfaError(
+                f"n_factors={n_factors} is not valid; it must be at least 1 (and below the number of live channels)"
+            )
 
     def _fit_from_moments(
         self,
@@ -225,8 +233,7 @@ class LayerFactorAnalysis(LayerAttribution):
             )
         if c_live < 3:
             raise CaptumElfaError(
-                f"only {c_live} of {c} channels vary over the images; a factor model needs at "
-                "least 3 live channels"
+                f"only {c_live} of {c} channels vary over the images; a factor model needs at least 3 live channels"
             )
         if n <= c_live:
             raise CaptumElfaError(
@@ -276,7 +283,9 @@ class LayerFactorAnalysis(LayerAttribution):
         self.eigenvalues_ = eig
         self.parallel_threshold_ = extras.get("parallel_threshold")
         self.n_factors_ = int(k)
-        self.n_factors_method_ = n_factors if isinstance(n_factors, str) else ("variance" if isinstance(n_factors, float) else "fixed")
+        self.n_factors_method_ = (
+            n_factors if isinstance(n_factors, str) else ("variance" if isinstance(n_factors, float) else "fixed")
+        )
         self.rotation_ = rotation
         self.loadings_ = expand(model.loadings)
         self.uniquenesses_ = expand(model.uniquenesses)
@@ -321,8 +330,13 @@ class LayerFactorAnalysis(LayerAttribution):
             )
 
     def _contract(
-        self, inputs: Union[Tensor, Inputs], weights: Tensor, bias: Tensor, dtype: torch.dtype,
-        additional_forward_args: Any, batch_size: int,
+        self,
+        inputs: Union[Tensor, Inputs],
+        weights: Tensor,
+        bias: Tensor,
+        dtype: torch.dtype,
+        additional_forward_args: Any,
+        batch_size: int,
     ) -> Tensor:
         """``weights @ activation + bias`` over channels at every pixel: ``[N, rows, H, W]``."""
         chunks: list[Tensor] = []
@@ -338,7 +352,10 @@ class LayerFactorAnalysis(LayerAttribution):
                 raise CaptumElfaError(f"layer '{cap.layer_name}' produced NaN or Inf activations in batch {index}")
             n, c, h, w = a.shape
             wt = weights.to(device=a.device, dtype=dtype)
-            out = torch.matmul(wt, a.detach().reshape(n, c, h * w).to(dtype)) + bias.to(device=a.device, dtype=dtype)[:, None]
+            out = (
+                torch.matmul(wt, a.detach().reshape(n, c, h * w).to(dtype))
+                + bias.to(device=a.device, dtype=dtype)[:, None]
+            )
             chunks.append(out.reshape(n, -1, h, w))
 
         cap = LayerCapture(self.forward_func, self.layer, on_output)
@@ -355,7 +372,9 @@ class LayerFactorAnalysis(LayerAttribution):
             )
         return torch.cat(chunks, 0)
 
-    def factor_scores(self, inputs: Union[Tensor, Inputs], additional_forward_args: Any = None, batch_size: int = 64) -> Tensor:
+    def factor_scores(
+        self, inputs: Union[Tensor, Inputs], additional_forward_args: Any = None, batch_size: int = 64
+    ) -> Tensor:
         r"""Factor scores of every pixel: ``f = (I + W^T Psi^-1 W)^-1 W^T Psi^-1 x``.
 
         Args:
@@ -368,7 +387,9 @@ class LayerFactorAnalysis(LayerAttribution):
             as scikit-learn's ``FactorAnalysis.transform`` of the standardised activations).
         """
         self._check_fitted("factor_scores")
-        return self._contract(inputs, self.score_weights_, self.score_bias_, torch.float64, additional_forward_args, batch_size)
+        return self._contract(
+            inputs, self.score_weights_, self.score_bias_, torch.float64, additional_forward_args, batch_size
+        )
 
     @log_usage()
     def attribute(
@@ -421,7 +442,9 @@ class LayerFactorAnalysis(LayerAttribution):
             return None
         if isinstance(factors, str):
             if factors != "all":
-                raise CaptumElfaError(f"factors={factors!r} is not valid; use None, 'all', an int or a list of ints in [0, {k - 1}]")
+                raise CaptumElfaError(
+                    f"factors={factors!r} is not valid; use None, 'all', an int or a list of ints in [0, {k - 1}]"
+                )
             return list(range(k))
         items = [factors] if isinstance(factors, int) else list(factors)
         for i in items:
@@ -473,15 +496,28 @@ class LayerFactorAnalysis(LayerAttribution):
         name = type(self.layer).__name__
         if not hasattr(self, "loadings_"):
             return f"LayerFactorAnalysis(layer={name}, not fitted)"
-        return (f"LayerFactorAnalysis(layer={getattr(self, 'layer_name_', name)}, n_factors={self.n_factors_}, "
-                f"channels={self.n_channels_}, dead={len(self.dead_channels_)}, kmo={self.adequacy_.kmo:.3f}, "
-                f"r2={self.metrics_.r2:.3f})")
+        return (
+            f"LayerFactorAnalysis(layer={getattr(self, 'layer_name_', name)}, n_factors={self.n_factors_}, "
+            f"channels={self.n_channels_}, dead={len(self.dead_channels_)}, kmo={self.adequacy_.kmo:.3f}, "
+            f"r2={self.metrics_.r2:.3f})"
+        )
 
     # ------------------------------------------------------------------------------------------
     # persistence (no pickle: torch.load(weights_only=True))
     # ------------------------------------------------------------------------------------------
-    _STATE_TENSORS = ("mean_", "std_", "live_channels_", "dead_channels_", "correlation_", "eigenvalues_",
-                      "loadings_", "uniquenesses_", "score_weights_", "score_bias_", "heywood_channels_")
+    _STATE_TENSORS = (
+        "mean_",
+        "std_",
+        "live_channels_",
+        "dead_channels_",
+        "correlation_",
+        "eigenvalues_",
+        "loadings_",
+        "uniquenesses_",
+        "score_weights_",
+        "score_bias_",
+        "heywood_channels_",
+    )
 
     def save(self, path: str) -> None:
         """Save the fitted model to ``path`` (a dict of tensors and plain values; no pickled code).
@@ -511,7 +547,7 @@ class LayerFactorAnalysis(LayerAttribution):
         torch.save(state, path)
 
     @classmethod
-    def load(cls, path: str, forward_func: Callable, layer: nn.Module) -> "LayerFactorAnalysis":
+    def load(cls, path: str, forward_func: Callable, layer: nn.Module) -> LayerFactorAnalysis:
         """Load a model saved by :meth:`save` and attach it to ``forward_func`` and ``layer``.
 
         The file is read with ``torch.load(weights_only=True)``: it never executes pickled code.
@@ -529,12 +565,18 @@ class LayerFactorAnalysis(LayerAttribution):
         except FileNotFoundError:
             raise
         except Exception as e:  # truncated, not a torch file, or containing pickled objects
-            raise CaptumElfaError(f"{path!s} is not a readable captum_elfa LayerFactorAnalysis file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+            raise CaptumElfaError(
+                f"{path!s} is not a readable captum_elfa LayerFactorAnalysis file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            ) from None
         if not isinstance(state, dict) or state.get("format") != FORMAT_NAME:
-            raise CaptumElfaError(f"{path!s} is not a captum_elfa LayerFactorAnalysis file (format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})")
+            raise CaptumElfaError(
+                f"{path!s} is not a captum_elfa LayerFactorAnalysis file (format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})"
+            )
         version = state.get("version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise CaptumElfaError(f"{path!s} has format version {version!r}; this captum_elfa reads versions up to {FORMAT_VERSION}: upgrade captum_elfa")
+            raise CaptumElfaError(
+                f"{path!s} has format version {version!r}; this captum_elfa reads versions up to {FORMAT_VERSION}: upgrade captum_elfa"
+            )
         obj = cls(forward_func, layer)
         for name in cls._STATE_TENSORS:
             setattr(obj, name, state[name])
@@ -562,8 +604,12 @@ def _normalize(maps: Tensor, method: Optional[str]) -> Tensor:
     mn = flat.min(2).values[..., None, None]
     if method == "max_min":
         rng = mx - mn
-        return torch.where(rng > 0, (maps - mn) / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(maps))
+        return torch.where(
+            rng > 0, (maps - mn) / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(maps)
+        )
     if method == "relu":
-        return torch.where(mx > 0, torch.clamp(maps, min=0) / torch.where(mx > 0, mx, torch.ones_like(mx)), torch.zeros_like(maps))
+        return torch.where(
+            mx > 0, torch.clamp(maps, min=0) / torch.where(mx > 0, mx, torch.ones_like(mx)), torch.zeros_like(maps)
+        )
     amax = flat.abs().max(2).values[..., None, None]
     return torch.where(amax > 0, maps / torch.where(amax > 0, amax, torch.ones_like(amax)), torch.zeros_like(maps))

@@ -6,6 +6,7 @@ channels at once, every pixel position is standardised over the images, each cha
 reduced to their leading principal component(s) and a batched ACE finds the maximal correlation
 between the component(s) and the class score.
 """
+
 from __future__ import annotations
 
 import operator
@@ -18,15 +19,18 @@ from torch import Tensor, nn
 
 from captum_elfa import _distributed as _dist
 from captum_elfa._capture import Inputs, LayerCapture, check_activation_shape, iter_batches
-from captum_elfa._progress import n_batches as _n_batches, progress_bar
+from captum_elfa._progress import n_batches as _n_batches
+from captum_elfa._progress import progress_bar
 from captum_elfa._validation import CaptumElfaError, NotFittedError
 from captum_elfa.stats.ace import ACEResult, ace, standardized_components
 
 try:  # captum's usage logger (a no-op outside Meta)
     from captum.log import log_usage
 except ImportError:  # pragma: no cover
+
     def log_usage(*_a: Any, **_k: Any) -> Callable:
         return lambda f: f
+
 
 __all__ = ["NeuronPCACE", "ChannelRanking", "ACETransforms", "MIN_IMAGES", "pcace_statistics"]
 
@@ -306,7 +310,9 @@ class NeuronPCACE(NeuronAttribution):
             self._check_fitted("rank_channels")
             scores = self.scores_
         if not isinstance(scores, Tensor) or scores.dim() != 1:
-            raise CaptumElfaError(f"scores must be a 1-D Tensor [C], got {type(scores).__name__} {getattr(scores, 'shape', '')}")
+            raise CaptumElfaError(
+                f"scores must be a 1-D Tensor [C], got {type(scores).__name__} {getattr(scores, 'shape', '')}"
+            )
         order = torch.sort(scores, descending=True, stable=True)
         return ChannelRanking(order.indices, order.values)
 

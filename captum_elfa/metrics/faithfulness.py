@@ -6,6 +6,7 @@ records the class score: a faithful map makes the score drop fast (small area un
 Insertion starts from a baseline image (e.g. blurred) and puts the top pixels back: a faithful
 map makes the score rise fast (large area).
 """
+
 from __future__ import annotations
 
 import math
@@ -124,8 +125,7 @@ def _baseline(inputs: Tensor, baseline: BaselineArg, blur_sigma: Optional[float]
     if isinstance(baseline, numbers.Real) and not isinstance(baseline, bool):
         return torch.full_like(inputs, float(baseline))
     raise CaptumElfaError(
-        f"baseline={baseline!r} is not valid; use a number, 'blur', 'mean' or a Tensor broadcastable "
-        "to the inputs"
+        f"baseline={baseline!r} is not valid; use a number, 'blur', 'mean' or a Tensor broadcastable to the inputs"
     )
 
 
@@ -166,14 +166,20 @@ def _resolve_target(target: TargetArg, output: Any, n: int) -> Any:
         try:
             t = torch.as_tensor(target, device=output.device)
         except (TypeError, ValueError):
-            raise CaptumElfaError(f"target={target!r} is not valid; use None, an int, one int per image or a callable") from None
+            raise CaptumElfaError(
+                f"target={target!r} is not valid; use None, an int, one int per image or a callable"
+            ) from None
         if t.dim() == 0:
             t = t.expand(n)
         if t.is_floating_point() or t.dim() != 1 or t.shape[0] != n:
-            raise CaptumElfaError(f"target must hold one integer class index per image ({n}), got shape {tuple(t.shape)} dtype {t.dtype}")
+            raise CaptumElfaError(
+                f"target must hold one integer class index per image ({n}), got shape {tuple(t.shape)} dtype {t.dtype}"
+            )
         t = t.long()
     if bool(((t < 0) | (t >= k)).any()):
-        raise CaptumElfaError(f"target {t.tolist()[:10]} is outside the model output; valid class indices are 0..{k - 1}")
+        raise CaptumElfaError(
+            f"target {t.tolist()[:10]} is outside the model output; valid class indices are 0..{k - 1}"
+        )
     return t
 
 
@@ -214,8 +220,10 @@ def _curve(
     ranks = _pixel_ranks(flat, seed).view(n, 1, h, w)
     fractions = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     counts = [int(round(float(f) * p)) for f in fractions]
-    extra = () if additional_forward_args is None else (
-        additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,)
+    extra = (
+        ()
+        if additional_forward_args is None
+        else (additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,))
     )
     scores = torch.empty(n, steps + 1, dtype=torch.float64)
     with _eval_no_grad(model):
@@ -287,8 +295,20 @@ def deletion_curve(
     blur_sigma: Optional[float] = None,
     seed: int = 0,
 ) -> Tuple[Tensor, Tensor]:
-    return _curve("deletion", model, inputs, maps, target, steps, baseline, score, batch_size,
-                  additional_forward_args, blur_sigma, seed)
+    return _curve(
+        "deletion",
+        model,
+        inputs,
+        maps,
+        target,
+        steps,
+        baseline,
+        score,
+        batch_size,
+        additional_forward_args,
+        blur_sigma,
+        seed,
+    )
 
 
 def insertion_curve(
@@ -304,34 +324,54 @@ def insertion_curve(
     blur_sigma: Optional[float] = None,
     seed: int = 0,
 ) -> Tuple[Tensor, Tensor]:
-    return _curve("insertion", model, inputs, maps, target, steps, baseline, score, batch_size,
-                  additional_forward_args, blur_sigma, seed)
+    return _curve(
+        "insertion",
+        model,
+        inputs,
+        maps,
+        target,
+        steps,
+        baseline,
+        score,
+        batch_size,
+        additional_forward_args,
+        blur_sigma,
+        seed,
+    )
 
 
-deletion_curve.__doc__ = r"""Deletion curve: the target score as the pixels the map ranks highest are
+deletion_curve.__doc__ = (
+    r"""Deletion curve: the target score as the pixels the map ranks highest are
     replaced by ``baseline``, ``1/steps`` of the pixels at a time (RISE, Petsiuk et al. 2018).
 
     Point 0 is the unperturbed image; the last point is the baseline image. A faithful map makes
     the score fall fast: a smaller :func:`auc` is better.
-""" + _CURVE_ARGS + r"""
+"""
+    + _CURVE_ARGS
+    + r"""
     Examples::
 
         >>> efam = lfa.attribute(x)                                   # [N, 1, h, w]
         >>> f, s = deletion_curve(model, x, efam, target=y, steps=20)
         >>> auc(f, s).mean()                                          # lower is better
 """
+)
 
-insertion_curve.__doc__ = r"""Insertion curve: start from the ``baseline`` image (blurred by default)
+insertion_curve.__doc__ = (
+    r"""Insertion curve: start from the ``baseline`` image (blurred by default)
     and put back the pixels the map ranks highest, ``1/steps`` of them at a time.
 
     Point 0 is the baseline image; the last point is the unperturbed image. A faithful map makes
     the score rise fast: a larger :func:`auc` is better.
-""" + _CURVE_ARGS + r"""
+"""
+    + _CURVE_ARGS
+    + r"""
     Examples::
 
         >>> f, s = insertion_curve(model, x, efam, target=y, baseline="blur")
         >>> auc(f, s).mean()                                          # higher is better
 """
+)
 
 
 def auc(fractions: Tensor, scores: Tensor, normalize: Optional[str] = None) -> Tensor:

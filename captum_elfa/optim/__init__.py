@@ -6,8 +6,9 @@
 * :func:`fft_image` / :func:`pixel_image` and :mod:`~captum_elfa.optim.transforms` — the image
   parameterisations and seeded random transforms they use.
 """
+
 from captum_elfa.optim.activation_max import ActivationMaxResult, maximize_channel, maximize_channels
-from captum_elfa.optim.inversion import InversionResult, invert_factor, inversion_loss
+from captum_elfa.optim.inversion import InversionResult, inversion_loss, invert_factor
 from captum_elfa.optim.param import FFTImage, PixelImage, color_decorrelation_matrix, fft_image, pixel_image
 from captum_elfa.optim.transforms import Compose, Jitter, RandomRotate, RandomScale, standard_transforms
 

@@ -1,4 +1,5 @@
 """The optimisation loop shared by inversion and activation maximisation."""
+
 from __future__ import annotations
 
 import math
@@ -40,7 +41,7 @@ class LayerProbe:
         self.cap = LayerCapture(forward_func, layer, on_output, eval_mode=True, grad=True)
         self.layer_name = self.cap.layer_name
 
-    def __enter__(self) -> "LayerProbe":
+    def __enter__(self) -> LayerProbe:
         self.cap.__enter__()
         try:
             for p, _ in self.cap._requires_grad:
@@ -97,7 +98,9 @@ def check_seed(seed: Any) -> int:
 def input_shape4(input_shape: Sequence[int], batch: int) -> Tuple[int, int, int, int]:
     n, c, h, w = _shape4(input_shape)
     if n != 1:
-        raise CaptumElfaError(f"input_shape={tuple(input_shape)} is not valid; give one image's shape (C, H, W) or (1, C, H, W)")
+        raise CaptumElfaError(
+            f"input_shape={tuple(input_shape)} is not valid; give one image's shape (C, H, W) or (1, C, H, W)"
+        )
     return batch, c, h, w
 
 
@@ -117,13 +120,28 @@ def resolve_transforms(transforms: Any, method: str, size: int) -> Optional[Comp
 
 
 def make_param(
-    method: str, shape: Tuple[int, int, int, int], seed: int, value_range: Sequence[float], device: torch.device,
-    sd: float, decay_power: float, decorrelate: bool, init: Optional[Tensor],
+    method: str,
+    shape: Tuple[int, int, int, int],
+    seed: int,
+    value_range: Sequence[float],
+    device: torch.device,
+    sd: float,
+    decay_power: float,
+    decorrelate: bool,
+    init: Optional[Tensor],
 ) -> nn.Module:
     if method == "fft":
         if init is not None:
             raise CaptumElfaError("init is only used with method='pixel' (the reference's plain gradient descent)")
-        return FFTImage(shape, sd=sd, decay_power=decay_power, seed=seed, decorrelate=decorrelate, value_range=value_range, device=device)
+        return FFTImage(
+            shape,
+            sd=sd,
+            decay_power=decay_power,
+            seed=seed,
+            decorrelate=decorrelate,
+            value_range=value_range,
+            device=device,
+        )
     return PixelImage(shape, sd=sd, seed=seed, value_range=value_range, init=init, device=device)
 
 

@@ -1,4 +1,5 @@
 """Channel activation maximisation (the PCACE authors' ``activation_maximization.py``)."""
+
 from __future__ import annotations
 
 import math
@@ -89,7 +90,9 @@ def _channel_list(channels: Any, top_k: Optional[int]) -> Tuple[List[int], Optio
         chans = channels
     if isinstance(chans, Tensor):
         if chans.dim() != 1 or chans.dtype.is_floating_point or chans.dtype == torch.bool:
-            raise CaptumElfaError(f"channels must be a 1-D integer Tensor, got dtype {chans.dtype} and shape {tuple(chans.shape)}")
+            raise CaptumElfaError(
+                f"channels must be a 1-D integer Tensor, got dtype {chans.dtype} and shape {tuple(chans.shape)}"
+            )
         chans = [int(c) for c in chans.tolist()]
     if isinstance(chans, (str, bytes)) or not isinstance(chans, (list, tuple)):
         raise CaptumElfaError(f"channels must be a sequence of ints or a ChannelRanking, got {type(channels).__name__}")
@@ -182,7 +185,9 @@ def maximize_channels(
         c = int(act0.shape[1])
         bad = [ch for ch in chans if not 0 <= ch < c]
         if bad:
-            raise CaptumElfaError(f"channels {bad} are out of range; layer '{probe.layer_name}' has {c} channels: choose 0 <= channel < {c}")
+            raise CaptumElfaError(
+                f"channels {bad} are out of range; layer '{probe.layer_name}' has {c} channels: choose 0 <= channel < {c}"
+            )
         idx = torch.tensor(chans, device=act0.device)
         rows = torch.arange(len(chans), device=act0.device)
 
@@ -193,7 +198,9 @@ def maximize_channels(
             return -channel_means(probe(x)).sum()
 
         initial = channel_means(act0).cpu()
-        losses = optimise(param, loss_fn, method, steps, lr, transform, generator, progress, f"maximise {len(chans)} channel(s)")
+        losses = optimise(
+            param, loss_fn, method, steps, lr, transform, generator, progress, f"maximise {len(chans)} channel(s)"
+        )
         with torch.no_grad():
             images = param().detach()
         final = channel_means(probe(images).detach()).cpu()
@@ -238,5 +245,15 @@ def maximize_channel(
     if isinstance(channel, bool) or not isinstance(channel, int):
         raise CaptumElfaError(f"channel={channel!r} is not valid; expected an int")
     return maximize_channels(
-        model, layer, [channel], input_shape, steps=steps, lr=lr, seed=seed, method=method, progress=progress, device=device, **kwargs
+        model,
+        layer,
+        [channel],
+        input_shape,
+        steps=steps,
+        lr=lr,
+        seed=seed,
+        method=method,
+        progress=progress,
+        device=device,
+        **kwargs,
     )

@@ -3,6 +3,7 @@
 Reference: López-González et al., *Layer factor analysis in convolutional neural networks for
 explainability*, Applied Soft Computing 150 (2024) 111094 (``elfa.inversion``).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -66,7 +67,9 @@ class InversionResult:
         ax_loss.axhline(self.final_loss, color="k", ls="--", lw=0.8, label=f"final {self.final_loss:.3g}")
         ax_loss.set_xlabel("step")
         ax_loss.set_ylabel("relative squared error")
-        ax_loss.set_title(f"{self.method} inversion, {'standardised' if self.standardize else 'raw'} activations", fontsize=9)
+        ax_loss.set_title(
+            f"{self.method} inversion, {'standardised' if self.standardize else 'raw'} activations", fontsize=9
+        )
         ax_loss.legend(fontsize=8)
         return fig
 
@@ -85,7 +88,9 @@ def _check_lfa(lfa: Any, factor: Any) -> int:
     return factor
 
 
-def inversion_loss(act: Tensor, target: Tensor, mean: Optional[Tensor] = None, inv_std: Optional[Tensor] = None) -> Tensor:
+def inversion_loss(
+    act: Tensor, target: Tensor, mean: Optional[Tensor] = None, inv_std: Optional[Tensor] = None
+) -> Tensor:
     r"""``||A - tile(w)||^2 / (||tile(w)||^2 + 1e-8)``, summed over the batch.
 
     ``act`` is ``[N, C, H, W]``, ``target`` the ``[C]`` loading vector (tiled over every pixel).

@@ -7,6 +7,7 @@ at every scale (natural images have a 1/f spectrum); the colour channels are mix
 root of the ImageNet colour-correlation matrix so that the optimised channels are decorrelated;
 finally a sigmoid maps the values into the model's valid pixel range.
 """
+
 from __future__ import annotations
 
 import math
@@ -177,7 +178,15 @@ def fft_image(
         >>> img = param()                     # [1, 3, 32, 32] in (0, 1)
         >>> opt = torch.optim.Adam(param.parameters(), lr=0.05)
     """
-    return FFTImage(shape, sd=sd, decay_power=decay_power, seed=seed, decorrelate=decorrelate, value_range=value_range, device=device)
+    return FFTImage(
+        shape,
+        sd=sd,
+        decay_power=decay_power,
+        seed=seed,
+        decorrelate=decorrelate,
+        value_range=value_range,
+        device=device,
+    )
 
 
 def pixel_image(

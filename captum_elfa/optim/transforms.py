@@ -5,6 +5,7 @@ Every transform is a callable ``t(images, generator) -> images`` keeping the sha
 given (never the global RNG), so a seeded optimisation is reproducible. The same parameters are
 applied to every image of the batch.
 """
+
 from __future__ import annotations
 
 import math

@@ -34,6 +34,7 @@ Deliberate differences from the package, all where it computes with rounding noi
   divides 0 by 0), and a theta update whose smooth is constant keeps the previous theta (the
   package divides by a zero standard deviation); both only arise for degenerate predictors.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -204,14 +205,14 @@ class SortedAbscissa:
         sums = torch.zeros_like(values).scatter_add_(-1, groups, values)
         return sums.gather(-1, groups).div_(self.group_size)
 
-    def subset(self, index: Tensor) -> "SortedAbscissa":
+    def subset(self, index: Tensor) -> SortedAbscissa:
         """The abscissa of the rows ``index`` (first dimension); a shared 1-D one is returned as is."""
         if self.x.dim() == 1:
             return self
         return SortedAbscissa(self.x.index_select(0, index))
 
 
-def _as_abscissa(x: "Tensor | SortedAbscissa") -> SortedAbscissa:
+def _as_abscissa(x: Tensor | SortedAbscissa) -> SortedAbscissa:
     return x if isinstance(x, SortedAbscissa) else SortedAbscissa(x)
 
 
@@ -243,7 +244,7 @@ def _smooths(
 
 
 def fixed_span_smooth(
-    x: "Tensor | SortedAbscissa", y: Tensor, span: float, residuals: bool = True
+    x: Tensor | SortedAbscissa, y: Tensor, span: float, residuals: bool = True
 ) -> tuple[Tensor, Optional[Tensor]]:
     """Running-line smooth of ``y`` against sorted ``x`` with a fixed span (the package's
     ``BasicFixedSpanSmoother``), batched over the leading dimensions.
@@ -287,7 +288,7 @@ def _select(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return a * mask + b * (1.0 - mask)
 
 
-def super_smoother(x: "Tensor | SortedAbscissa", y: Tensor, bass_enhancement: float = 0.0) -> Tensor:
+def super_smoother(x: Tensor | SortedAbscissa, y: Tensor, bass_enhancement: float = 0.0) -> Tensor:
     """Friedman's variable-span super smoother (the package's ``SuperSmoother``), batched.
 
     Args:

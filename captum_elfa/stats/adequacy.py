@@ -1,4 +1,5 @@
 """Adequacy of a correlation matrix for a factor model: Bartlett's sphericity test and KMO."""
+
 from __future__ import annotations
 
 import math

@@ -7,6 +7,7 @@ whole data matrix); here the profile likelihood is maximised over ``log Psi`` wi
 an analytic gradient (Joreskog's method, as R's ``factanal``), which needs only the ``C x C``
 correlation matrix and reaches the optimum scikit-learn converges to.
 """
+
 from __future__ import annotations
 
 import math
@@ -128,8 +129,9 @@ def _orient(loadings: Tensor) -> Tensor:
     return w * sign
 
 
-def _em_polish(r: np.ndarray, psi: np.ndarray, k: int, f: float, logdet_r: float,
-               max_steps: int = 50, tol: float = 1e-13) -> tuple[np.ndarray, int]:
+def _em_polish(
+    r: np.ndarray, psi: np.ndarray, k: int, f: float, logdet_r: float, max_steps: int = 50, tol: float = 1e-13
+) -> tuple[np.ndarray, int]:
     """A few of scikit-learn's EM updates ``psi = diag(R) - diag(W W^T)``; each one can only raise
     the likelihood, which settles solutions on the boundary (Heywood cases) where L-BFGS-B stops."""
     steps = 0

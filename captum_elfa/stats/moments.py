@@ -10,6 +10,7 @@ With a ``torch.distributed`` process group, :func:`all_reduce_moments` (and
 order, so every rank ends with bitwise identical moments, equal (to rounding) to those of one
 process streaming all ranks' batches in rank order.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ class Moments:
     def variance(self) -> Tensor:
         return torch.diagonal(self.comoment) / self.n
 
-    def merge(self, other: "Moments") -> "Moments":
+    def merge(self, other: Moments) -> Moments:
         """Chan et al.'s parallel merge of two sets of moments."""
         if self.n == 0:
             return other
@@ -140,7 +141,9 @@ class RunningMoments:
         self._first_bad = torch.tensor(bad[0][1] if bad else -1, dtype=torch.long, device=device)
 
 
-def all_reduce_moments(m: Optional[Moments], channels_hint: Optional[int] = None, group: Any = None) -> Optional[Moments]:
+def all_reduce_moments(
+    m: Optional[Moments], channels_hint: Optional[int] = None, group: Any = None
+) -> Optional[Moments]:
     r"""Moments of the samples of every rank of a ``torch.distributed`` process group.
 
     Each rank's ``(n, mean, comoment)`` is gathered (float64; on the CPU for gloo, on the

@@ -1,4 +1,5 @@
 """Choosing the number of factors from the eigenvalues of a correlation matrix."""
+
 from __future__ import annotations
 
 import math
@@ -74,9 +75,7 @@ def se_scree(eigenvalues: Tensor, n_samples: Optional[int] = None) -> int:
     return max(i, 1)
 
 
-def parallel_eigenvalues(
-    n_channels: int, n_samples: int, n_iter: int = 100, random_state: Optional[int] = 0
-) -> Tensor:
+def parallel_eigenvalues(n_channels: int, n_samples: int, n_iter: int = 100, random_state: Optional[int] = 0) -> Tensor:
     """Eigenvalues of correlation matrices of uncorrelated normal data, ``[n_iter, C]`` descending.
 
     Each draw is the correlation matrix of ``n_samples`` independent standard normal samples of
@@ -162,5 +161,4 @@ def choose_n_factors(
 
 
 def _valid(c: int) -> str:
-    return (f"use an int in [1, {c - 1}], one of {list(_METHODS)}, "
-            "or a float in (0, 1) for a variance fraction")
+    return f"use an int in [1, {c - 1}], one of {list(_METHODS)}, or a float in (0, 1) for a variance fraction"

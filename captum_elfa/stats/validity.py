@@ -1,4 +1,5 @@
 """Validity metrics of a factor model, computed from R, the loadings and the uniquenesses only."""
+
 from __future__ import annotations
 
 import math

@@ -11,6 +11,7 @@ ELFA (:class:`~captum_elfa.LayerFactorAnalysis`, fitted): :func:`plot_scree`,
 PCACE (:class:`~captum_elfa.NeuronPCACE`, after ``attribute``): :func:`plot_pcace_ranking`,
 :func:`plot_top_channel_maps`, :func:`plot_ace_transforms`.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -73,8 +74,7 @@ def _check_images(images: Any, what: str) -> Tensor:
         raise CaptumElfaError(f"{what}: images is an empty batch; pass at least one image")
     if images.shape[1] not in (1, 3):
         raise CaptumElfaError(
-            f"{what}: images must have 1 (grayscale) or 3 (RGB) channels to be drawn, got "
-            f"{images.shape[1]}"
+            f"{what}: images must have 1 (grayscale) or 3 (RGB) channels to be drawn, got {images.shape[1]}"
         )
     return images
 
@@ -132,7 +132,9 @@ def _upsample(maps: Tensor, size: Tuple[int, ...]) -> np.ndarray:
 
 def _live(lfa: Any) -> np.ndarray:
     c = int(lfa.loadings_.shape[0])
-    dead = set(int(i) for i in _np(lfa.dead_channels_).astype(int).tolist()) if hasattr(lfa, "dead_channels_") else set()
+    dead = (
+        set(int(i) for i in _np(lfa.dead_channels_).astype(int).tolist()) if hasattr(lfa, "dead_channels_") else set()
+    )
     return np.array([j for j in range(c) if j not in dead], dtype=int)
 
 
@@ -228,8 +230,16 @@ def plot_scree(
         th = _np(threshold)
         ax.plot(x[: th.size], th[: ev.size], ":", color="tab:green", lw=1.5, label="parallel analysis (95%)")
     ax.axvline(k + 0.5, color="0.4", lw=1, ls="-.")
-    ax.annotate(f"k = {k}", xy=(k + 0.5, ev.max()), xytext=(4, -4), textcoords="offset points",
-                va="top", ha="left", fontsize=9, color="0.25")
+    ax.annotate(
+        f"k = {k}",
+        xy=(k + 0.5, ev.max()),
+        xytext=(4, -4),
+        textcoords="offset points",
+        va="top",
+        ha="left",
+        fontsize=9,
+        color="0.25",
+    )
     method = getattr(lfa, "n_factors_method_", None)
     layer = getattr(lfa, "layer_name_", "")
     ax.set_title(f"Scree plot{' of ' + layer if layer else ''}" + (f" (n_factors: {method})" if method else ""))
@@ -280,7 +290,7 @@ def plot_loadings(
     rows = order + dead_idx
     data = np.ma.masked_array(w[rows], mask=np.zeros((len(rows), k), dtype=bool))
     if dead_idx:
-        data.mask[len(order):] = True
+        data.mask[len(order) :] = True
     vmax = float(np.abs(w[order]).max()) if order else 1.0
     vmax = vmax if vmax > 0 else 1.0
     colormap = (colormaps[cmap] if isinstance(cmap, str) else cmap).with_extremes(bad="0.75")
@@ -379,16 +389,18 @@ def channel_insights(lfa: Any, threshold: float = 0.4) -> List[Dict[str, Any]]:
     for j in range(int(lfa.loadings_.shape[0])):
         is_dead = bool(dom[j] < 0)
         g = member.get(j)
-        out.append({
-            "channel": j,
-            "dead": is_dead,
-            "communality": float(h2[j]),
-            "uniqueness": float(psi[j]),
-            "dominant_factor": None if is_dead else int(dom[j]),
-            "loading": float(load[j]),
-            "group": g,
-            "redundant_with": [] if g is None else [c for c in groups[g] if c != j],
-        })
+        out.append(
+            {
+                "channel": j,
+                "dead": is_dead,
+                "communality": float(h2[j]),
+                "uniqueness": float(psi[j]),
+                "dominant_factor": None if is_dead else int(dom[j]),
+                "loading": float(load[j]),
+                "group": g,
+                "redundant_with": [] if g is None else [c for c in groups[g] if c != j],
+            }
+        )
     return out
 
 
@@ -430,8 +442,14 @@ def plot_channel_insights(
     psi = np.array([rows[j]["uniqueness"] for j in order])
     for xi, j, a, b in zip(x, order, h2, psi):
         r = rows[j]
-        ax.bar(xi, a, color=colors[r["dominant_factor"]], edgecolor="k", lw=0.3,
-               hatch=None if r["group"] is not None else "//")
+        ax.bar(
+            xi,
+            a,
+            color=colors[r["dominant_factor"]],
+            edgecolor="k",
+            lw=0.3,
+            hatch=None if r["group"] is not None else "//",
+        )
         ax.bar(xi, b, bottom=a, color="0.85", edgecolor="0.6", lw=0.3)
     ax.set_xlim(-0.6, len(order) - 0.4)
     ax.set_ylim(0, max(1.0, float((h2 + psi).max()) * 1.02) if len(order) else 1.0)
@@ -443,8 +461,14 @@ def plot_channel_insights(
     handles = [Patch(color=colors[f], label=f"F{f + 1}") for f in range(k)]
     handles.append(Patch(facecolor="0.85", edgecolor="0.6", label="uniqueness"))
     handles.append(Patch(facecolor="white", edgecolor="k", hatch="//", label=f"|loading| < {threshold:g}"))
-    ax.legend(handles=handles, fontsize=7, ncol=min(len(handles), 6), loc="lower center",
-              bbox_to_anchor=(0.5, 1.0), frameon=False)
+    ax.legend(
+        handles=handles,
+        fontsize=7,
+        ncol=min(len(handles), 6),
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        frameon=False,
+    )
     n_dead = sum(r["dead"] for r in rows)
     ax.set_title(f"Channel insights{f' ({n_dead} dead channels omitted)' if n_dead else ''}", fontsize=10, pad=28)
 
@@ -454,8 +478,7 @@ def plot_channel_insights(
     for f, chans in groups.items():
         shown = ", ".join(str(c) for c in chans[:40]) + (" ..." if len(chans) > 40 else "")
         lines.append(f"F{f + 1}: {shown if chans else '(none)'}")
-    tx.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", fontsize=8, family="monospace",
-            transform=tx.transAxes)
+    tx.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", fontsize=8, family="monospace", transform=tx.transAxes)
     return fig
 
 
@@ -498,8 +521,14 @@ def plot_fit_summary(lfa: Any, figsize: Tuple[float, float] = (10.0, 7.0)) -> Fi
 
     g2 = _np(met.gamma2)[live]
     p20 = float(met.gamma2_p20)
-    a_g2.hist(g2, bins=min(30, max(5, live.size // 2)), range=(0.0, max(1.0, float(g2.max()))),
-              color="tab:purple", alpha=0.8, edgecolor="white")
+    a_g2.hist(
+        g2,
+        bins=min(30, max(5, live.size // 2)),
+        range=(0.0, max(1.0, float(g2.max()))),
+        color="tab:purple",
+        alpha=0.8,
+        edgecolor="white",
+    )
     a_g2.axvline(p20, color="k", ls="--", lw=1.2, label=f"20th percentile = {p20:.3f}")
     a_g2.set_xlabel(r"$\gamma^2$ (squared correlation with the factors)")
     a_g2.set_ylabel("channels")
@@ -534,8 +563,9 @@ def plot_fit_summary(lfa: Any, figsize: Tuple[float, float] = (10.0, 7.0)) -> Fi
         f"R2                 {float(met.r2):.4f}",
         f"variance explained {float(met.total_variance_explained):.1%}",
     ]
-    a_txt.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=8.5,
-               transform=a_txt.transAxes)
+    a_txt.text(
+        0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=8.5, transform=a_txt.transAxes
+    )
     a_txt.set_title("Validity metrics", fontsize=10)
     return fig
 
@@ -592,7 +622,7 @@ def plot_efam(
     for i in range(n):
         _show_image(axes[i, 0], images[i])
         _overlay(axes[i, 1], images[i], efam[i, 0], alpha, cmap)
-        for c, f in enumerate(idx):
+        for c in range(len(idx)):
             _overlay(axes[i, 2 + c], images[i], per[i, c], alpha, cmap)
         axes[i, 0].set_ylabel(f"image {i}", fontsize=9)
     axes[0, 0].set_title("input", fontsize=9)
@@ -758,8 +788,11 @@ def plot_top_channel_maps(
     x = images[:n_images]
     n = x.shape[0]
     captured: List[Tensor] = []
-    cap = LayerCapture(pc.forward_func, pc.layer,
-                       lambda a, i: captured.append(check_activation_shape(a, cap.layer_name).detach().cpu().double()))
+    cap = LayerCapture(
+        pc.forward_func,
+        pc.layer,
+        lambda a, i: captured.append(check_activation_shape(a, cap.layer_name).detach().cpu().double()),
+    )
     with cap:
         cap.run(x, 0, additional_forward_args)
     acts = captured[0]

@@ -14,6 +14,7 @@ minimum to 0 and the maximum to 1 (a constant map gives 0); ``"centered"`` sends
 ``-max|v|`` to 0, zero to 0.5 and ``max|v|`` to 1 (an all-zero map is 0.5, white in
 ``seismic``).
 """
+
 from __future__ import annotations
 
 import os
@@ -58,21 +59,18 @@ def _unpack(expl: Any) -> Tuple[np.ndarray, str]:
         val, preset = expl, "attribution"
     else:
         raise CaptumElfaError(
-            f"heatmap takes an Explanation (from analyze) or an attribution Tensor, got "
-            f"{type(expl).__name__}"
+            f"heatmap takes an Explanation (from analyze) or an attribution Tensor, got {type(expl).__name__}"
         )
     arr = np.asarray(_as_numpy(val, "val"), dtype=np.float64)
     if arr.ndim == 3:
         arr = arr[:, None]
     if arr.ndim != 4 or arr.shape[0] == 0:
         raise CaptumElfaError(
-            f"heatmap draws images: the attribution must have shape [N, C, H, W] or [N, H, W], "
-            f"got {tuple(arr.shape)}"
+            f"heatmap draws images: the attribution must have shape [N, C, H, W] or [N, H, W], got {tuple(arr.shape)}"
         )
     if not np.isfinite(arr).all():
         raise CaptumElfaError(
-            f"the attribution contains {int((~np.isfinite(arr)).sum())} NaN/Inf values; "
-            "heatmap needs finite values"
+            f"the attribution contains {int((~np.isfinite(arr)).sum())} NaN/Inf values; heatmap needs finite values"
         )
     return arr, preset
 
@@ -115,9 +113,7 @@ def _get_cmap(cmap: Any) -> Any:
                 f"cmap={cmap!r} is not a matplotlib colormap; use e.g. 'seismic', 'bwr', "
                 "'gray', 'jet', 'turbo', 'inferno' or a matplotlib Colormap"
             ) from None
-    raise CaptumElfaError(
-        f"cmap must be a colormap name or a matplotlib Colormap, got {type(cmap).__name__}"
-    )
+    raise CaptumElfaError(f"cmap must be a colormap name or a matplotlib Colormap, got {type(cmap).__name__}")
 
 
 def _odd_resampled(colormap: Any, n_colors: int = 255) -> Any:
@@ -154,8 +150,7 @@ def _prepare_overlay(overlay: ArrayLike, n_samples: int) -> np.ndarray:
         img = np.repeat(img, 3, axis=-1)
     if img.shape[0] not in (1, n_samples):
         raise CaptumElfaError(
-            f"overlay holds {img.shape[0]} images for {n_samples} heatmaps; give one image or "
-            f"{n_samples}"
+            f"overlay holds {img.shape[0]} images for {n_samples} heatmaps; give one image or {n_samples}"
         )
     if img.dtype == np.uint8:
         out = img.astype(np.float64) / 255.0
@@ -247,9 +242,7 @@ def heatmap(
     check_choice("preset", preset, list(HEATMAP_PRESETS))
     default_reduce, default_scale, default_cmap = HEATMAP_PRESETS[preset]
     reduce = check_choice("reduce", default_reduce if reduce is None else reduce, REDUCTIONS)
-    rangescale = check_choice(
-        "rangescale", default_scale if rangescale is None else rangescale, RANGESCALES
-    )
+    rangescale = check_choice("rangescale", default_scale if rangescale is None else rangescale, RANGESCALES)
     colormap = _get_cmap(default_cmap if cmap is None else cmap)
     if cmap is None and rangescale == "centered":
         # an odd number of colours puts 0.5 (a zero attribution) on the exact centre: white
@@ -324,6 +317,7 @@ def visualize_explanation(
         ...                                original_image=x[0], method="blended_heat_map")
     """
     from captum.attr import visualization as captum_viz
+
     from captum_elfa.attr.analyze import Explanation
 
     if not isinstance(expl, Explanation):
