@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from captum_elfa._validation import CaptumElfaError
 
@@ -78,8 +79,8 @@ def model_device(forward_func: Callable, layer: Optional[nn.Module] = None) -> O
         if isinstance(mod, nn.Module):
             for t in mod.parameters():
                 return t.device
-            for t in mod.buffers():
-                return t.device
+            for b in mod.buffers():
+                return b.device
     return None
 
 
@@ -134,7 +135,7 @@ class LayerCapture:
         self.eval_mode = eval_mode
         self.grad = grad
         self.device = model_device(forward_func, layer)
-        self._handle = None
+        self._handle: Optional[RemovableHandle] = None
         self._calls = 0
         self._batch_index = -1
         self._lock = threading.Lock()

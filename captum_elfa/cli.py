@@ -26,7 +26,7 @@ import time
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, cast
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -206,6 +206,8 @@ def load_model(spec: str) -> Any:
                 raise CliError(f"--model {spec!r}: file {str(path)!r} not found")
             try:
                 mspec = importlib.util.spec_from_file_location(f"captum_elfa_user_{path.stem}", path)
+                if mspec is None or mspec.loader is None:
+                    raise ImportError("Python found no module loader for this file")
                 module = importlib.util.module_from_spec(mspec)
                 mspec.loader.exec_module(module)
             except Exception as e:
@@ -498,7 +500,7 @@ def _run_demo(args: argparse.Namespace) -> Path:
 
 def run_report(args: argparse.Namespace) -> Path:
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Dataset
 
     from captum_elfa import LayerFactorAnalysis, NeuronPCACE
     from captum_elfa._validation import CaptumElfaError
@@ -527,7 +529,11 @@ def run_report(args: argparse.Namespace) -> Path:
             "1-channel (grayscale) or 3-channel (RGB) only"
         )
     data = ImageFolderFlat(files, args.image_size, channels)
-    loader = DataLoader(data, batch_size=args.batch_size, shuffle=False, num_workers=0)
+    # ImageFolderFlat is a map-style dataset by duck typing (it does not subclass Dataset, so that
+    # importing the CLI does not import torch)
+    loader: DataLoader[Any] = DataLoader(
+        cast("Dataset[Any]", data), batch_size=args.batch_size, shuffle=False, num_workers=0
+    )
     _log(f"captum-elfa report: {len(files)} images, layer {args.layer!r} of {args.model}")
     # one image through the model first: a model that cannot run on these images, or a --target
     # out of range, fails now rather than after the ELFA pass

@@ -453,8 +453,8 @@ class EFAM(Analyzer):
                     model.
         factors (None, "all" or list of int): passed to ``lfa.attribute``. Default: None (the
                     combined EFAM).
-        normalize (str): per-image normalisation passed to ``lfa.attribute``. Default:
-                    ``"max_min"``.
+        normalize (str or None): per-image normalisation passed to ``lfa.attribute``
+                    (None: no normalisation). Default: ``"max_min"``.
         interpolate_mode (str, optional): as for :class:`GradCAM`.
 
     Examples::
@@ -470,7 +470,7 @@ class EFAM(Analyzer):
         self,
         lfa: Any,
         factors: Any = None,
-        normalize: str = "max_min",
+        normalize: Optional[str] = "max_min",
         interpolate_mode: Optional[str] = None,
     ) -> None:
         if (

@@ -165,7 +165,7 @@ class NeuronPCACE(NeuronAttribution):
         self._rows: Optional[Tensor] = None
 
     @log_usage()
-    def attribute(  # type: ignore[override]
+    def attribute(
         self,
         inputs: Inputs,
         target: Target = None,
@@ -293,6 +293,8 @@ class NeuronPCACE(NeuronAttribution):
             return acts, y, cap.layer_name, spatial
         if not ys:
             raise CaptumElfaError("inputs yielded no batch (an empty DataLoader or iterable); pass at least 10 images")
+        # every batch ran the layer (LayerCapture.run checks), and the hook's store.add set the shape
+        assert store.spatial is not None, "a batch ran, so the store knows the activation shape"
         return store.result(), torch.cat(ys), cap.layer_name, store.spatial
 
     # -- results -------------------------------------------------------------------------------
@@ -339,7 +341,9 @@ class NeuronPCACE(NeuronAttribution):
         if isinstance(channel, bool) or not 0 <= index < c:
             raise CaptumElfaError(f"channel={channel!r} is not valid; choose an int in [0, {c - 1}]")
         channel = index
-        row = int(self._rows[channel])
+        rows = self._rows
+        assert rows is not None, "attribute() sets _rows together with scores_"
+        row = int(rows[channel])
         if row < 0 or self._ace is None:
             raise CaptumElfaError(
                 f"channel {channel} is constant over the images (score 0, listed in "

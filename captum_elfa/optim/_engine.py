@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -129,7 +129,7 @@ def make_param(
     decay_power: float,
     decorrelate: bool,
     init: Optional[Tensor],
-) -> nn.Module:
+) -> Union[FFTImage, PixelImage]:
     if method == "fft":
         if init is not None:
             raise CaptumElfaError("init is only used with method='pixel' (the reference's plain gradient descent)")
@@ -146,7 +146,7 @@ def make_param(
 
 
 def optimise(
-    param: nn.Module,
+    param: Union[FFTImage, PixelImage],
     loss_fn: Callable[[Tensor], Tensor],
     method: str,
     steps: int,
@@ -170,7 +170,7 @@ def optimise(
         bar = tqdm(it, desc=desc, unit="step", leave=False)
         it = bar
     opt = torch.optim.Adam(param.parameters(), lr=lr) if method == "fft" else None
-    lo, hi = param.value_range  # type: ignore[attr-defined]
+    lo, hi = param.value_range
     try:
         for _ in it:
             img = param()
@@ -183,7 +183,9 @@ def optimise(
                 loss.backward()
                 opt.step()
             else:
-                pix = param.pixels  # type: ignore[attr-defined]
+                # method "pixel": make_param built a PixelImage
+                assert isinstance(param, PixelImage), "method='pixel' optimises a PixelImage"
+                pix = param.pixels
                 (g,) = torch.autograd.grad(loss, pix)
                 g = g / (g.std(unbiased=False) + 1e-8)
                 with torch.no_grad():

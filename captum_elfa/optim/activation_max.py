@@ -212,7 +212,7 @@ def maximize_channels(
         losses=losses,
         initial_activation=initial,
         final_activation=final,
-        value_range=tuple(float(v) for v in param.value_range),  # type: ignore[arg-type]
+        value_range=param.value_range,
         method=method,
         seed=seed,
         layer_name=name,

@@ -98,8 +98,10 @@ def inversion_loss(
     ``(A - mean) * inv_std``.
     """
     a = act
-    if mean is not None:
-        a = (a - mean[None, :, None, None]) * inv_std[None, :, None, None]  # type: ignore[index]
+    if (mean is None) != (inv_std is None):
+        raise CaptumElfaError("mean and inv_std standardise together: give both or neither")
+    if mean is not None and inv_std is not None:
+        a = (a - mean[None, :, None, None]) * inv_std[None, :, None, None]
     t = target[None, :, None, None].expand_as(a)
     return ((a - t) ** 2).sum() / ((t**2).sum() + 1e-8)
 
@@ -229,7 +231,7 @@ def invert_factor(
         factor=factor,
         method=method,
         standardize=bool(standardize),
-        value_range=tuple(float(v) for v in param.value_range),  # type: ignore[arg-type]
+        value_range=param.value_range,
         seed=seed,
         layer_name=name,
     )

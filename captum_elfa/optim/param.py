@@ -58,7 +58,7 @@ def _shape4(shape: Sequence[int]) -> Tuple[int, int, int, int]:
             f"shape={tuple(shape) if isinstance(shape, (tuple, list)) else shape!r} is not valid; "
             "expected (C, H, W) or (N, C, H, W) with positive ints"
         )
-    return dims  # type: ignore[return-value]
+    return dims[0], dims[1], dims[2], dims[3]
 
 
 def _check_range(value_range: Sequence[float]) -> Tuple[float, float]:
@@ -89,6 +89,9 @@ class FFTImage(nn.Module):
         value_range (tuple): the valid pixel range; a sigmoid maps into it. Default: (0, 1).
         device: where the parameter lives. Default: CPU.
     """
+
+    scale: Tensor  # buffers, registered in __init__
+    mix: Tensor
 
     def __init__(
         self,

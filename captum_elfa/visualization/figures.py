@@ -112,7 +112,7 @@ def _overlay(ax: Any, img: Tensor, heat: np.ndarray, alpha: float, cmap: Any) ->
 
 
 def _check_alpha(alpha: Any) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= float(alpha) <= 1:
         raise CaptumElfaError(f"alpha={alpha!r} is not valid; use a number in [0, 1]")
     return float(alpha)
 
@@ -162,7 +162,7 @@ def _factor_colors(k: int) -> List[Any]:
     return [cmap(i % cmap.N) for i in range(k)]
 
 
-def _channel_ticks(ax: Any, channels: Sequence[int], axis: str = "y", max_labels: int = 64) -> None:
+def _channel_ticks(ax: Any, channels: Union[Sequence[int], np.ndarray], axis: str = "y", max_labels: int = 64) -> None:
     n = len(channels)
     step = max(1, int(np.ceil(n / max_labels)))
     pos = list(range(0, n, step))
@@ -288,9 +288,9 @@ def plot_loadings(
     order = list(_channel_order(lfa))
     dead_idx = [int(i) for i in _np(lfa.dead_channels_).astype(int)] if dead == "grey" else []
     rows = order + dead_idx
-    data = np.ma.masked_array(w[rows], mask=np.zeros((len(rows), k), dtype=bool))
-    if dead_idx:
-        data.mask[len(order) :] = True
+    mask = np.zeros((len(rows), k), dtype=bool)
+    mask[len(order) :] = True  # the dead channels, listed after the live ones
+    data = np.ma.masked_array(w[rows], mask=mask)
     vmax = float(np.abs(w[order]).max()) if order else 1.0
     vmax = vmax if vmax > 0 else 1.0
     colormap = (colormaps[cmap] if isinstance(cmap, str) else cmap).with_extremes(bad="0.75")
@@ -347,7 +347,7 @@ def redundancy_groups(lfa: Any, threshold: float = 0.4) -> Dict[int, List[int]]:
 
 
 def _check_threshold(threshold: Any) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= threshold < np.inf:
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= float(threshold) < np.inf:
         raise CaptumElfaError(f"threshold={threshold!r} is not valid; use a non-negative number (0.4 is usual)")
     return float(threshold)
 
@@ -622,8 +622,9 @@ def plot_efam(
     for i in range(n):
         _show_image(axes[i, 0], images[i])
         _overlay(axes[i, 1], images[i], efam[i, 0], alpha, cmap)
-        for c in range(len(idx)):
-            _overlay(axes[i, 2 + c], images[i], per[i, c], alpha, cmap)
+        if per is not None:  # the per-factor maps, when factors were requested
+            for c in range(len(idx)):
+                _overlay(axes[i, 2 + c], images[i], per[i, c], alpha, cmap)
         axes[i, 0].set_ylabel(f"image {i}", fontsize=9)
     axes[0, 0].set_title("input", fontsize=9)
     axes[0, 1].set_title("EFAM", fontsize=9)

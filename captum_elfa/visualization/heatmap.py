@@ -53,6 +53,7 @@ def _unpack(expl: Any) -> Tuple[np.ndarray, str]:
     """(val as float64 [N, C, H, W], preset)."""
     from captum_elfa.attr.analyze import Explanation
 
+    val: ArrayLike
     if isinstance(expl, Explanation):
         val, preset = expl.val, expl.heatmap
     elif isinstance(expl, (Tensor, np.ndarray)):
