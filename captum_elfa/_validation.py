@@ -13,6 +13,10 @@ class NotFittedError(CaptumElfaError, AttributeError):
     """Raised when a method that needs a fitted model is called before ``fit``."""
 
 
+class TooFewSamplesError(CaptumElfaError):
+    """Raised when the data hold too few samples (pixels or images) for the statistic asked for."""
+
+
 def check_choice(name: str, value: Any, valid: Iterable[Any]) -> Any:
     valid = list(valid)
     if value not in valid:

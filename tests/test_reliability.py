@@ -143,7 +143,7 @@ def _bad_calls():
         ("n_factors=-2", fit(n_factors=-2), CaptumElfaError),
         ("n_factors>=live", fit(n_factors=16), CaptumElfaError),
         ("n_factors='bad'", fit(n_factors="bad"), CaptumElfaError),
-        ("rotation", fit(rotation="oblimin"), CaptumElfaError),
+        ("rotation", fit(rotation="equamax"), CaptumElfaError),
         (
             "empty loader",
             lambda m, x: LayerFactorAnalysis(m, m.relu2).fit(

@@ -131,11 +131,20 @@ layer = model.relu2
 lfa = LayerFactorAnalysis(model, layer)
 lfa.fit(x_all, n_factors="parallel", rotation="varimax", progress=False)
 print(lfa)
+print(f"{lfa.n_images_} images ({lfa.n_samples_} pixel samples); at least {lfa.min_images_} are needed for reproducible loadings")
+print("converged (KKT test on the projected gradient):", lfa.converged_)
+print("Heywood channels:", lfa.heywood_channels_.tolist(), " collinear channels:", lfa.collinear_channels_.tolist())
+print("cautions:", [c["kind"] for c in lfa.report()["cautions"]])
 """),
     md("""
-A *Heywood case* warning, if one appears, means some channel is explained entirely by the
-factors (its uniqueness is ~0): the channel is a near-exact combination of others. It is common
-in small layers and usually harmless; if many channels are affected, try fewer factors.
+Every fit says what its numbers cannot say. The maximum-likelihood fit starts from several points
+and is *converged* only when the gradient vanishes (the KKT conditions). The pixels of one image
+are strongly dependent, so the sample size that matters is the number of images: with fewer than
+`min_images_` (2 per channel) the loadings of two disjoint image sets do not agree, and `fit`
+warns. A *Heywood case* (a channel whose uniqueness sits on its lower bound at the optimum: the
+factors reproduce it entirely) and *collinear* channels (exact linear combinations of others, left
+out like dead ones) are listed, and warned about when they occur. Each caution is also a flag in
+`lfa.report()["cautions"]`.
 """),
     md("""
 ## 1. Adequacy: is a factor model meaningful here?
@@ -174,9 +183,9 @@ or an int. The plot marks the Kaiser line, the parallel-analysis curve and the c
     code("""
 from captum_elfa.visualization import plot_scree
 
-for spec in ["kaiser", "scree", "parallel", 0.8]:
-    k = LayerFactorAnalysis(model, layer).fit(x_all, n_factors=spec, progress=False).n_factors_
-    print(f"n_factors={spec!r:>10}: {k} factors")
+# every criterion is computed at fit time, side by side, with the identification (Ledermann) bound
+for name, k in lfa.n_factors_criteria_.items():
+    print(f"{name:>16}: {k}")
 display(plot_scree(lfa))   # lfa was fitted with n_factors="parallel"
 """),
     md("""
@@ -208,6 +217,20 @@ print("variance per factor:", np.round(m.proportional_variance.numpy(), 3), "cum
 from captum_elfa.visualization import plot_fit_summary
 
 display(plot_fit_summary(lfa))
+"""),
+    md("""
+### Oblique factors and their replicability
+
+Varimax keeps the factors uncorrelated. An oblique rotation (`"promax"`, `"oblimin"`) lets them
+correlate: `loadings_` is then the *pattern* Λ, `phi_` the factor correlations Φ, `structure_` =
+ΛΦ, and the communalities and factor scores account for Φ. `stability=True` also fits the model on
+two halves of the images and reports Tucker's congruence of every factor across them (≥ 0.95
+equal, 0.85–0.95 fair, below 0.85 not replicable).
+"""),
+    code("""
+obl = LayerFactorAnalysis(model, layer).fit(x_all, n_factors=lfa.n_factors_, rotation="promax", stability=True, progress=False)
+print("factor correlations phi:\n", np.round(obl.phi_.numpy(), 2))
+print(obl.stability_.summary())
 """),
     md("""
 ## 4. Loadings and channel insights

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
 from captum_elfa._capture import (
@@ -28,9 +27,9 @@ from captum_elfa._progress import progress_bar
 from captum_elfa._validation import CaptumElfaError, check_choice
 from captum_elfa.attr.layer_factor_analysis import LayerFactorAnalysis
 from captum_elfa.attr.neuron_pcace import MIN_IMAGES, NeuronPCACE, _ActivationStore, _select_target, pcace_statistics
-from captum_elfa.stats.factor_model import ROTATIONS
 from captum_elfa.stats.moments import RunningMoments
 from captum_elfa.stats.nfactors import NFactorsSpec
+from captum_elfa.stats.rotations import ROTATIONS
 
 __all__ = ["compare_layers", "LayerComparison"]
 
@@ -361,9 +360,9 @@ def compare_layers(
             h.remove()
         for m, flag in training:
             m.train(flag)
-        for p, flag in requires_grad:
-            if p.requires_grad != flag:
-                p.requires_grad_(flag)
+        for t, flag in requires_grad:
+            if t.requires_grad != flag:
+                t.requires_grad_(flag)
     if n_run == 0:
         raise CaptumElfaError(
             "inputs yielded no batch (an empty DataLoader or iterable); pass at least one batch of images"
@@ -378,25 +377,32 @@ def compare_layers(
                 f"layer '{name}' produced NaN or Inf activations in batch {bad}; check the inputs "
                 "and the model (every activation must be finite)"
             )
+        mom = acc.moments
+        assert mom is not None, "n_run > 0 and every layer ran in every batch, so each layer has moments"
         lfa = LayerFactorAnalysis(model, mod)
         try:
-            with threadpool_limits(limits=1, user_api="blas"):
-                lfa._fit_from_moments(
-                    acc.moments.n, acc.moments.mean, acc.moments.comoment, n_factors, rotation, random_state
-                )
+            lfa.fit_moments(
+                mom,
+                n_factors=n_factors,
+                rotation=rotation,
+                n_images=acc.images,
+                random_state=random_state,
+                layer_name=name,
+                activation_shape=spatial[name],
+            )
         except CaptumElfaError as e:
             raise CaptumElfaError(f"layer '{name}': {e}") from None
-        lfa.activation_shape_ = spatial[name]
-        lfa.layer_name_ = name
         elfa[name] = lfa
 
     scores: Dict[str, Tensor] = {}
     y: Optional[Tensor] = None
     if state["pcace"]:
         y = torch.cat(ys)
-        n = int(y.shape[0])
-        if n < MIN_IMAGES:
-            raise CaptumElfaError(f"PCACE needs at least {MIN_IMAGES} images, got {n}; pass more images or pcace=False")
+        n_images = int(y.shape[0])
+        if n_images < MIN_IMAGES:
+            raise CaptumElfaError(
+                f"PCACE needs at least {MIN_IMAGES} images, got {n_images}; pass more images or pcace=False"
+            )
         if not bool(torch.isfinite(y).all()):
             raise CaptumElfaError("the target scores contain NaN or Inf; every score must be finite")
         if bool(y.max() == y.min()):
@@ -406,10 +412,10 @@ def compare_layers(
             )
         for name in names:
             acts = stores[name].result()
-            if n_components > n:
-                raise CaptumElfaError(f"n_components={n_components} is larger than the number of images ({n})")
+            if n_components > n_images:
+                raise CaptumElfaError(f"n_components={n_components} is larger than the number of images ({n_images})")
             scores[name] = pcace_statistics(acts, y, n_components, name)[0]
-            stores[name] = None  # type: ignore[assignment]  # free the activations early
+            del stores[name]  # free the activations early
 
     rows = [_summary_row(name, elfa[name], scores.get(name)) for name in names]
     return LayerComparison(names=names, rows=rows, elfa=elfa, pcace=scores, target_scores=y)

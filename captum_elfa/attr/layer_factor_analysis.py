@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import math
 import warnings
-from typing import Any, Callable, List, Optional, Sequence, Union
+from dataclasses import fields
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from captum.attr import LayerAttribution
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
-from captum_elfa._capture import Inputs, LayerCapture, check_activation_shape, iter_batches
+from captum_elfa._capture import Inputs, LayerCapture, _layer_name, check_activation_shape, iter_batches
 from captum_elfa._distributed import is_distributed
 from captum_elfa._progress import n_batches as _n_batches
 from captum_elfa._progress import progress_bar
 from captum_elfa._validation import CaptumElfaError, NotFittedError, check_choice
-from captum_elfa.stats.adequacy import Adequacy, adequacy
-from captum_elfa.stats.factor_model import ROTATIONS, fit_factor_model, score_weights
-from captum_elfa.stats.moments import RunningMoments
-from captum_elfa.stats.nfactors import NFactorsSpec, choose_n_factors
-from captum_elfa.stats.validity import Metrics, validity_metrics
+from captum_elfa.attr import _lfa_io
+from captum_elfa.stats.moments import Moments, RunningMoments
+from captum_elfa.stats.nfactors import NFactorsSpec
+from captum_elfa.stats.pipeline import ELFAResult, fit_elfa
+from captum_elfa.stats.rotations import ROTATIONS, check_rotation_kwargs
+from captum_elfa.stats.stability import SplitHalfMoments
 
 try:  # captum's usage logger (a no-op outside Meta)
     from captum.log import log_usage
@@ -32,13 +35,8 @@ except ImportError:  # pragma: no cover
 __all__ = ["LayerFactorAnalysis"]
 
 NORMALIZATIONS = ("max_min", "relu", "max", None)
-FORMAT_NAME = "captum_elfa.LayerFactorAnalysis"
-FORMAT_VERSION = 1
-
-
-def _is_dead(mean: Tensor, var: Tensor) -> Tensor:
-    """Channels whose variance is zero up to rounding of the streamed sums."""
-    return var <= torch.clamp(1e-12 * mean**2, min=1e-30)
+N_FACTORS_METHODS = ("kaiser", "scree", "parallel")
+_RESULT_FIELDS = tuple(f.name for f in fields(ELFAResult))
 
 
 class LayerFactorAnalysis(LayerAttribution):
@@ -46,17 +44,27 @@ class LayerFactorAnalysis(LayerAttribution):
 
     The layer's output ``(N, C, H, W)`` is read as ``N*H*W`` samples of ``C`` variables (the
     channels). :meth:`fit` streams the channels' mean and co-moment matrix in float64 over any
-    number of batches (memory O(C^2)), tests the adequacy of the data for a factor model (KMO,
-    Bartlett), chooses the number of factors, fits a maximum-likelihood factor model on the
-    correlation matrix, rotates it and computes its validity metrics. :meth:`attribute` returns
-    the Essential Feature Attribution Map (EFAM): the factor scores of every pixel, weighted by
-    the factors' total absolute loadings.
+    number of batches (memory O(C^2)), leaves out dead and exactly collinear channels, tests the
+    adequacy of the data for a factor model (KMO, Bartlett), chooses the number of factors (and
+    reports every criterion side by side), fits a maximum-likelihood factor model on the
+    correlation matrix from several starting points (keeping the best, converged by a KKT test on
+    the projected gradient), rotates it (orthogonal or oblique, to convergence) and computes its
+    validity metrics; optionally it checks the factors' split-half replicability.
+    :meth:`attribute` returns the Essential Feature Attribution Map (EFAM): the factor scores of
+    every pixel, weighted by the factors' total absolute loadings.
 
     Reference: López-González, Gómez-Silva, Besada-Portas, Pajares, *Layer factor analysis in
     convolutional neural networks for explainability*, Applied Soft Computing 150 (2024) 111094.
 
-    Sign convention: a factor's sign is arbitrary in factor analysis; here each factor's loadings
-    sum to a positive number, and factors are ordered by the variance they explain.
+    Conventions: factors are ordered by the variance they explain and each factor's (pattern)
+    loadings sum to a positive number. For oblique rotations ``loadings_`` holds the pattern
+    ``Λ``, ``phi_`` the factor correlations ``Φ`` and ``structure_`` the structure ``Λ Φ``;
+    communalities are ``diag(Λ Φ Λᵀ)`` and factor scores the regression scores
+    ``Φ Λᵀ Σ⁻¹ x`` (for orthogonal rotations ``Φ = I`` and these are scikit-learn's).
+
+    What a number can say: the statistics treat every pixel as a sample, but the pixels of one
+    image are strongly dependent, so the effective sample size is closer to ``n_images_``; a fit
+    on fewer than ``min_images_`` images is flagged (``report()["cautions"]``) and warned about.
 
     Args:
         forward_func (Callable or torch.nn.Module): the model, or any function running it.
@@ -68,9 +76,12 @@ class LayerFactorAnalysis(LayerAttribution):
 
         >>> lfa = LayerFactorAnalysis(model, model.layer1)
         >>> lfa.fit(loader, n_factors="kaiser", rotation="varimax")
-        >>> lfa.n_factors_, lfa.adequacy_.kmo, lfa.metrics_.r2
+        >>> lfa.n_factors_, lfa.adequacy_.kmo, lfa.metrics_.r2, lfa.converged_
+        >>> lfa.n_factors_criteria_          # {'kaiser': 12, 'parallel': 9, 'scree': 30, ...}
         >>> efam = lfa.attribute(images)                    # [N, 1, H, W] in [0, 1]
         >>> up = LayerAttribution.interpolate(efam, images.shape[2:])
+        >>> lfa.fit(loader, rotation="oblimin", rotation_kwargs={"normalize": True}, stability=True)
+        >>> lfa.phi_, lfa.stability_.congruence
     """
 
     def __init__(self, forward_func: Callable, layer: nn.Module, device_ids: Optional[List[int]] = None) -> None:
@@ -91,6 +102,8 @@ class LayerFactorAnalysis(LayerAttribution):
         batch_size: int = 64,
         random_state: Optional[int] = 0,
         distributed: bool = True,
+        rotation_kwargs: Optional[Dict[str, Any]] = None,
+        stability: bool = False,
     ) -> LayerFactorAnalysis:
         r"""Stream the layer's activations and fit the factor model.
 
@@ -105,24 +118,42 @@ class LayerFactorAnalysis(LayerAttribution):
         ``DistributedError``, which is a ``CaptumElfaError``). A rank that dies or hangs leaves
         the others waiting for the process group's timeout.
 
+        Warnings (each also a flag in ``report()["cautions"]``): ``ConvergenceWarning``
+        (scikit-learn's) when the ML fit or the rotation did not converge (``converged_`` is then
+        False); a ``UserWarning`` for a real Heywood case (a uniqueness on its bound at the
+        optimum, ``heywood_channels_``), for too few images (``n_images_ < min_images_``), for
+        exactly collinear channels (left out, ``collinear_channels_``) and for factors that are
+        not replicable across halves of the images (with ``stability=True``).
+
         Args:
             inputs (Tensor, iterable of Tensors or DataLoader): the images. A Tensor is processed
                         in chunks of ``batch_size``; a DataLoader may yield Tensors or
                         ``(x, y, ...)`` tuples (the first element is the input).
-            n_factors (int, str or float): an int in ``[1, live channels - 1]``; ``"kaiser"``
-                        (eigenvalues of R at least 1); ``"scree"`` (standard-error scree,
-                        Zoski & Jurs); ``"parallel"`` (Horn's parallel analysis, seeded by
+            n_factors (int, str or float): an int in ``[1, live channels - 1]`` and at most the
+                        identification (Ledermann) bound; ``"kaiser"`` (eigenvalues of R at
+                        least 1); ``"scree"`` (standard-error scree, Zoski & Jurs, as the
+                        ``elfa`` reference); ``"parallel"`` (Horn's parallel analysis, seeded by
                         ``random_state``); or a float in (0, 1), the fraction of variance the
-                        leading eigenvalues must reach. Default: ``"kaiser"``.
-            rotation (str or None): ``"varimax"``, ``"quartimax"`` or None. Default: varimax.
+                        leading eigenvalues must reach. Every criterion's count is reported in
+                        ``n_factors_criteria_``. Default: ``"kaiser"``.
+            rotation (str or None): ``"varimax"``, ``"quartimax"`` (orthogonal), ``"promax"``,
+                        ``"oblimin"`` (oblique) or None. Default: varimax.
             additional_forward_args (Any, optional): extra arguments passed to the model after
                         the input, as in Captum.
             progress (bool): show a tqdm progress bar over batches. Default: True.
             batch_size (int): chunk size when ``inputs`` is a single Tensor. Default: 64.
-            random_state (int, optional): seed of parallel analysis. Default: 0.
+            random_state (int, optional): seed of parallel analysis, of the random starts of the
+                        ML fit and of the split into halves. Default: 0.
             distributed (bool): combine the statistics of all ranks when a ``torch.distributed``
                         process group is initialised; False fits on this rank's inputs alone.
                         Default: True.
+            rotation_kwargs (dict, optional): options of the rotation: ``normalize`` (Kaiser
+                        normalisation, default False as scikit-learn and the ``elfa`` reference;
+                        factor_analyzer and psych default to True), ``power`` (promax, default
+                        4), ``gamma`` (oblimin, default 0: quartimin), ``tol``, ``max_iter``.
+            stability (bool): also stream the moments of two seeded halves of the images, fit the
+                        same model on each and report Tucker's congruence per factor in
+                        ``stability_`` (memory stays O(C²)). Default: False.
 
         Returns:
             LayerFactorAnalysis: ``self``, fitted.
@@ -132,8 +163,17 @@ class LayerFactorAnalysis(LayerAttribution):
             >>> lfa = LayerFactorAnalysis(model, model.layer2).fit(loader, n_factors="parallel")
         """
         check_choice("rotation", rotation, ROTATIONS)
+        rkw = check_rotation_kwargs(rotation, rotation_kwargs or {})
         self._check_n_factors_type(n_factors)
-        acc = RunningMoments()
+        sync = distributed and is_distributed()
+        if stability and sync:
+            raise CaptumElfaError(
+                "stability=True is not available with torch.distributed yet; pass distributed=False "
+                "(fit on this rank's images) or stability=False"
+            )
+        acc: Union[RunningMoments, SplitHalfMoments] = (
+            SplitHalfMoments(0 if random_state is None else random_state) if stability else RunningMoments()
+        )
         spatial: dict = {}
 
         def on_output(act: Tensor, index: int) -> None:
@@ -147,7 +187,6 @@ class LayerFactorAnalysis(LayerAttribution):
                 )
             acc.update(a, index)
 
-        sync = distributed and is_distributed()
         cap = LayerCapture(self.forward_func, self.layer, on_output)
         try:
             with cap:
@@ -158,13 +197,13 @@ class LayerFactorAnalysis(LayerAttribution):
                     cap.run(batch, i, additional_forward_args)
                     n_batches += 1
         except Exception:
-            if sync:  # join the collective as failed: the other ranks raise instead of waiting
+            if sync and isinstance(acc, RunningMoments):  # join the collective as failed: no rank waits
                 try:
                     acc.all_reduce(failed=True)
                 except Exception:  # pragma: no cover - the original error matters more
                     pass
             raise
-        if sync:  # every rank now holds the statistics of all ranks' batches, merged in rank order
+        if sync and isinstance(acc, RunningMoments):  # every rank now holds all ranks' statistics
             acc.all_reduce()
             n_batches = acc.batches
             if acc.spatial is not None:
@@ -175,149 +214,107 @@ class LayerFactorAnalysis(LayerAttribution):
             )
         bad = acc.first_nonfinite()
         if bad >= 0:
+            rank = getattr(acc, "nonfinite_rank", None)
             raise CaptumElfaError(
                 f"layer '{cap.layer_name}' produced NaN or Inf activations in batch {bad}"
-                f"{'' if acc.nonfinite_rank is None else f' of rank {acc.nonfinite_rank}'}; "
+                f"{'' if rank is None else f' of rank {rank}'}; "
                 "check the inputs and the model (every activation must be finite)"
             )
+        halves = None
+        if isinstance(acc, SplitHalfMoments):
+            ma, mb = acc.halves()
+            halves = (ma, mb, acc.n_images_a, acc.n_images_b)
+            n_images = acc.n_images_a + acc.n_images_b
+        else:
+            n_images = acc.images
+        self.fit_moments(
+            acc.moments,
+            n_factors=n_factors,
+            rotation=rotation,
+            rotation_kwargs=rkw,
+            n_images=n_images,
+            halves=halves,
+            random_state=random_state,
+            layer_name=cap.layer_name,
+            activation_shape=spatial["shape"],
+            _stacklevel=3,
+        )
+        return self
+
+    def fit_moments(
+        self,
+        moments: Moments,
+        n_factors: NFactorsSpec = "kaiser",
+        rotation: Optional[str] = "varimax",
+        rotation_kwargs: Optional[Dict[str, Any]] = None,
+        n_images: Optional[int] = None,
+        halves: Optional[tuple] = None,
+        random_state: Optional[int] = 0,
+        layer_name: Optional[str] = None,
+        activation_shape: Optional[Sequence[int]] = None,
+        _stacklevel: int = 2,
+    ) -> LayerFactorAnalysis:
+        r"""Fit the model from moments streamed elsewhere (the consumer interface of ELFA).
+
+        :meth:`fit` calls this after streaming; code that captures several layers in one pass
+        (``compare_layers``) streams a :class:`~captum_elfa.stats.moments.RunningMoments` per
+        layer and calls it for each.
+
+        Args:
+            moments (Moments): count (images x pixels), mean [C] and co-moment matrix [C, C].
+            n_factors, rotation, rotation_kwargs, random_state: as in :meth:`fit`.
+            n_images (int, optional): the number of images behind ``moments`` (for the
+                        sample-size caution); None takes every sample as one image.
+            halves (tuple, optional): ``(moments_a, moments_b, n_images_a, n_images_b)`` of two
+                        disjoint halves of the images, for the stability check.
+            layer_name (str, optional): the layer's name in the model (for messages, reports).
+            activation_shape (sequence of int, optional): the layer output's shape without the
+                        batch dimension, e.g. ``(C, H, W)``.
+
+        Returns:
+            LayerFactorAnalysis: ``self``, fitted.
+        """
+        check_choice("rotation", rotation, ROTATIONS)
+        self._check_n_factors_type(n_factors)
         # the C x C algebra is small: BLAS worker threads spinning against torch's would cost
         # far more than they save (2x idle, 10x+ on a busy 2-core machine)
         with threadpool_limits(limits=1, user_api="blas"):
-            self._fit_from_moments(
-                acc.moments.n, acc.moments.mean, acc.moments.comoment, n_factors, rotation, random_state
+            res = fit_elfa(
+                moments,
+                n_factors=n_factors,
+                rotation=rotation,
+                rotation_kwargs=rotation_kwargs,
+                n_images=n_images,
+                halves=halves,
+                random_state=random_state,
             )
-        self.activation_shape_ = spatial["shape"]
-        self.layer_name_ = cap.layer_name
+        shape = tuple(int(s) for s in activation_shape) if activation_shape is not None else (res.n_channels,)
+        name = layer_name if layer_name is not None else _layer_name(self.forward_func, self.layer)
+        self._set_result(res, name, shape)
+        for caution in res.cautions:
+            warnings.warn(f"layer '{name}': {caution.message}", caution.category, stacklevel=_stacklevel + 1)
         return self
+
+    def _set_result(self, res: ELFAResult, layer_name: str, activation_shape: tuple) -> None:
+        self.result_ = res
+        for f in _RESULT_FIELDS:
+            setattr(self, f + "_", getattr(res, f))
+        self.layer_name_ = layer_name
+        self.activation_shape_ = tuple(activation_shape)
 
     @staticmethod
     def _check_n_factors_type(n_factors: Any) -> None:
+        valid = f"use an int, one of {list(N_FACTORS_METHODS)} or a float in (0, 1)"
         if isinstance(n_factors, bool) or not isinstance(n_factors, (int, float, str)):
-            raise CaptumElfaError(
-                f"n_factors={n_factors!r} is not valid; use an int, 'kaiser', 'scree', 'parallel' or a float in (0, 1)"
-            )
-        if isinstance(n_factors, str) and n_factors not in ("kaiser", "scree", "parallel"):
-            raise CaptumElfaError(
-                f"n_factors={n_factors!r} is not valid; use an int, 'kaiser', 'scree', 'parallel' or a float in (0, 1)"
-            )
+            raise CaptumElfaError(f"n_factors={n_factors!r} is not valid; {valid}")
+        if isinstance(n_factors, str) and n_factors not in N_FACTORS_METHODS:
+            raise CaptumElfaError(f"n_factors={n_factors!r} is not valid; {valid}")
         if isinstance(n_factors, int) and n_factors < 1:
             raise CaptumElfaError(
                 f"n_factors={n_factors} is not valid; it must be at least 1 (and below the number of live channels)"
             )
-
-    def _fit_from_moments(
-        self,
-        n: int,
-        mean: Tensor,
-        comoment: Tensor,
-        n_factors: NFactorsSpec,
-        rotation: Optional[str],
-        random_state: Optional[int],
-    ) -> None:
-        mean = mean.detach().to(torch.float64).cpu()
-        cov = comoment.detach().to(torch.float64).cpu() / n
-        var = torch.diagonal(cov).clone()
-        c = mean.numel()
-        dead = _is_dead(mean, var)
-        live = torch.nonzero(~dead).flatten()
-        c_live = live.numel()
-        if n < 2:
-            raise CaptumElfaError(
-                f"{n} samples (images x pixels) for {c} channels: a factor model needs more "
-                f"samples than channels; pass more images (at least {c + 1} samples)"
-            )
-        if c_live == 0:
-            raise CaptumElfaError(
-                f"all {c} channels of the layer are dead (constant over every pixel of every "
-                "image); choose another layer or other images"
-            )
-        if c_live < 3:
-            raise CaptumElfaError(
-                f"only {c_live} of {c} channels vary over the images; a factor model needs at least 3 live channels"
-            )
-        if n <= c_live:
-            raise CaptumElfaError(
-                f"{n} samples (images x pixels) for {c_live} live channels: a factor model needs "
-                f"more samples than channels; pass more images (at least {c_live + 1} samples)"
-            )
-        std = torch.sqrt(var)
-        sub = cov[live][:, live]
-        sd = std[live]
-        r = sub / torch.outer(sd, sd)
-        r = 0.5 * (r + r.T)
-        r.fill_diagonal_(1.0)
-
-        eig = torch.linalg.eigvalsh(r).flip(0)
-        k, extras = choose_n_factors(n_factors, eig, n, random_state=random_state)
-        model = fit_factor_model(r, k, rotation=rotation)
-        if not model.converged:
-            warnings.warn(
-                f"the factor model with {k} factors did not fully converge; the loadings may be "
-                "imprecise (try fewer factors)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        heywood = live[model.uniquenesses <= 1e-6]
-        if heywood.numel() > 0:
-            warnings.warn(
-                f"Heywood case: channels {heywood.tolist()} have uniqueness ~0 with {k} factors "
-                "(the model explains them entirely); this often means too many factors",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        met = validity_metrics(r, model.loadings, model.uniquenesses)
-        adq = adequacy(r, n)
-
-        def expand(t: Tensor, fill: float = 0.0) -> Tensor:
-            out = torch.full((c,) + tuple(t.shape[1:]), fill, dtype=torch.float64)
-            out[live] = t
-            return out
-
-        self.n_samples_ = int(n)
-        self.n_channels_ = int(c)
-        self.mean_ = mean
-        self.std_ = std
-        self.live_channels_ = live
-        self.dead_channels_ = torch.nonzero(dead).flatten()
-        self.correlation_ = r
-        self.eigenvalues_ = eig
-        self.parallel_threshold_ = extras.get("parallel_threshold")
-        self.n_factors_ = int(k)
-        self.n_factors_method_ = (
-            n_factors if isinstance(n_factors, str) else ("variance" if isinstance(n_factors, float) else "fixed")
-        )
-        self.rotation_ = rotation
-        self.loadings_ = expand(model.loadings)
-        self.uniquenesses_ = expand(model.uniquenesses)
-        self.converged_ = model.converged
-        self.heywood_channels_ = heywood
-        self.n_iter_ = model.n_iter
-        self.adequacy_ = Adequacy(
-            adq.kmo, expand(adq.kmo_per_channel), adq.bartlett_chi2, adq.bartlett_dof, adq.bartlett_p, adq.log_det
-        )
-        self.metrics_ = Metrics(
-            communalities=expand(met.communalities),
-            uniquenesses=expand(met.uniquenesses),
-            gamma2=expand(met.gamma2),
-            gamma2_p20=met.gamma2_p20,
-            d1=met.d1,
-            d_greater=met.d_greater,
-            res=met.res,
-            res_max=met.res_max,
-            res_min=met.res_min,
-            r2=met.r2,
-            factor_variance=met.factor_variance,
-            proportional_variance=met.proportional_variance,
-            cumulative_variance=met.cumulative_variance,
-            total_variance_explained=met.total_variance_explained,
-            loglike=met.loglike,
-        )
-        # factor-score weights on raw activations: f = B (a - mean) / std, dead channels weigh 0
-        b = score_weights(model.loadings, model.uniquenesses)  # [k, c_live]
-        wts = torch.zeros(k, c, dtype=torch.float64)
-        wts[:, live] = b / sd[None, :]
-        self.score_weights_ = wts
-        self.score_bias_ = -(wts @ mean)
+        if isinstance(n_factors, float) and not (0.0 < n_factors < 1.0):
+            raise CaptumElfaError(f"n_factors={n_factors!r}: a float must be a variance fraction in (0, 1); {valid}")
 
     # ------------------------------------------------------------------------------------------
     # attributions
@@ -458,38 +455,72 @@ class LayerFactorAnalysis(LayerAttribution):
     # results
     # ------------------------------------------------------------------------------------------
     def report(self) -> dict:
-        """All fitted results as a JSON-serialisable dict."""
+        """All fitted results as a JSON-serialisable dict.
+
+        Besides the numbers it holds what they cannot say: ``n_images`` next to ``n_samples``,
+        ``min_images``, ``cautions`` (each caution issued as a warning at fit, as
+        ``{"kind", "message"}``), ``heywood_channels``, ``collinear_channels``, every factor-count
+        criterion and, with ``stability=True``, the split-half congruence per factor.
+        """
         self._check_fitted("report")
+        st = self.stability_
         return {
-            "layer": getattr(self, "layer_name_", type(self.layer).__name__),
+            "layer": self.layer_name_,
             "n_samples": self.n_samples_,
+            "n_images": self.n_images_,
+            "min_images": self.min_images_,
             "n_channels": self.n_channels_,
-            "activation_shape": list(getattr(self, "activation_shape_", ())),
+            "activation_shape": list(self.activation_shape_),
             "dead_channels": self.dead_channels_.tolist(),
+            "collinear_channels": self.collinear_channels_.tolist(),
+            "heywood_channels": self.heywood_channels_.tolist(),
             "n_factors": self.n_factors_,
             "n_factors_method": self.n_factors_method_,
+            "n_factors_criteria": _jsonable(self.n_factors_criteria_),
             "rotation": self.rotation_,
+            "rotation_kwargs": _jsonable(self.rotation_kwargs_),
             "converged": self.converged_,
+            "rotation_converged": self.rotation_converged_,
+            "projected_gradient": _finite_or_none(self.projected_gradient_),
             "eigenvalues": self.eigenvalues_.tolist(),
             "adequacy": self.adequacy_.to_dict(),
             "metrics": self.metrics_.to_dict(),
             "loadings": self.loadings_.tolist(),
+            "structure": self.structure_.tolist(),
+            "phi": self.phi_.tolist(),
             "uniquenesses": self.uniquenesses_.tolist(),
+            "stability": None if st is None else st.to_dict(),
+            "cautions": [{"kind": c.kind, "message": c.message} for c in self.cautions_],
         }
 
     def summary(self) -> str:
-        """A readable multi-line summary of the fitted model."""
+        """A readable multi-line summary of the fitted model, with its cautions."""
         self._check_fitted("summary")
         a, m = self.adequacy_, self.metrics_
+        left = []
+        if len(self.dead_channels_):
+            left.append(f"{len(self.dead_channels_)} dead")
+        if len(self.collinear_channels_):
+            left.append(f"{len(self.collinear_channels_)} collinear: {self.collinear_channels_.tolist()}")
+        crit = ", ".join(f"{k} {v}" for k, v in _criteria_counts(self.n_factors_criteria_).items())
         lines = [
-            f"LayerFactorAnalysis of '{getattr(self, 'layer_name_', type(self.layer).__name__)}': "
-            f"{self.n_channels_} channels ({len(self.dead_channels_)} dead), {self.n_samples_} samples",
+            f"LayerFactorAnalysis of '{self.layer_name_}': {self.n_channels_} channels "
+            f"({', '.join(left) if left else 'none left out'}), {self.n_images_} images "
+            f"({self.n_samples_} samples)",
             f"  adequacy: KMO = {a.kmo:.3f}, Bartlett chi2 = {a.bartlett_chi2:.4g} (dof {a.bartlett_dof}, p = {a.bartlett_p:.3g})",
-            f"  factors: {self.n_factors_} ({self.n_factors_method_}), rotation = {self.rotation_}",
-            f"  fit: D1 = {m.d1:.3f}, D> = {m.d_greater:.3f}, Res = {m.res:.4f} "
+            f"  factors: {self.n_factors_} ({self.n_factors_method_}), rotation = {self.rotation_}"
+            f"{'' if self.rotation_ not in ('promax', 'oblimin') else ' (oblique: see phi_)'}",
+            f"  factor-count criteria: {crit}",
+            f"  fit: converged = {self.converged_}, D1 = {m.d1:.3f}, D> = {m.d_greater:.3f}, Res = {m.res:.4f} "
             f"[{m.res_min:.3f}, {m.res_max:.3f}], gamma2 p20 = {m.gamma2_p20:.3f}, R2 = {m.r2:.4f}",
             f"  variance explained: {m.total_variance_explained:.1%}; log-likelihood {m.loglike:.4f} per sample",
         ]
+        if len(self.heywood_channels_):
+            lines.append(f"  Heywood channels (uniqueness at its bound): {self.heywood_channels_.tolist()}")
+        if self.stability_ is not None:
+            lines.append(f"  stability: {self.stability_.summary()}")
+        for c in self.cautions_:
+            lines.append(f"  caution ({c.kind}): {c.message}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -505,52 +536,24 @@ class LayerFactorAnalysis(LayerAttribution):
     # ------------------------------------------------------------------------------------------
     # persistence (no pickle: torch.load(weights_only=True))
     # ------------------------------------------------------------------------------------------
-    _STATE_TENSORS = (
-        "mean_",
-        "std_",
-        "live_channels_",
-        "dead_channels_",
-        "correlation_",
-        "eigenvalues_",
-        "loadings_",
-        "uniquenesses_",
-        "score_weights_",
-        "score_bias_",
-        "heywood_channels_",
-    )
-
-    def save(self, path: str) -> None:
+    def save(self, path: Union[str, Any]) -> None:
         """Save the fitted model to ``path`` (a dict of tensors and plain values; no pickled code).
 
         Args:
             path (str or os.PathLike): file to write.
         """
         self._check_fitted("save")
-        state: dict = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "n_samples": self.n_samples_,
-            "n_channels": self.n_channels_,
-            "n_factors": self.n_factors_,
-            "n_factors_method": str(self.n_factors_method_),
-            "rotation": self.rotation_,
-            "converged": self.converged_,
-            "n_iter": self.n_iter_,
-            "layer_name": getattr(self, "layer_name_", ""),
-            "activation_shape": list(getattr(self, "activation_shape_", ())),
-            "parallel_threshold": self.parallel_threshold_,
-            "adequacy": {k: (v if not isinstance(v, Tensor) else v) for k, v in vars(self.adequacy_).items()},
-            "metrics": dict(vars(self.metrics_)),
-        }
-        for name in self._STATE_TENSORS:
-            state[name] = getattr(self, name)
-        torch.save(state, path)
+        _lfa_io.save_result(path, self.result_, self.layer_name_, self.activation_shape_)
 
     @classmethod
-    def load(cls, path: str, forward_func: Callable, layer: nn.Module) -> LayerFactorAnalysis:
+    def load(cls, path: Union[str, Any], forward_func: Callable, layer: nn.Module) -> LayerFactorAnalysis:
         """Load a model saved by :meth:`save` and attach it to ``forward_func`` and ``layer``.
 
         The file is read with ``torch.load(weights_only=True)``: it never executes pickled code.
+        Every field is checked (keys, types, shapes against each other, finite values,
+        uniquenesses in [0, 1], a valid ``Φ``): a damaged file raises ``CaptumElfaError``. So
+        does a layer whose name in ``forward_func`` or whose width (``out_channels`` /
+        ``out_features`` / ``num_features``) differs from the one the model was fitted on.
 
         Args:
             path (str or os.PathLike): file written by :meth:`save`.
@@ -560,39 +563,46 @@ class LayerFactorAnalysis(LayerAttribution):
         Returns:
             LayerFactorAnalysis: the fitted instance.
         """
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # truncated, not a torch file, or containing pickled objects
-            raise CaptumElfaError(
-                f"{path!s} is not a readable captum_elfa LayerFactorAnalysis file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-            ) from None
-        if not isinstance(state, dict) or state.get("format") != FORMAT_NAME:
-            raise CaptumElfaError(
-                f"{path!s} is not a captum_elfa LayerFactorAnalysis file (format {state.get('format') if isinstance(state, dict) else type(state).__name__!r})"
-            )
-        version = state.get("version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise CaptumElfaError(
-                f"{path!s} has format version {version!r}; this captum_elfa reads versions up to {FORMAT_VERSION}: upgrade captum_elfa"
-            )
+        state = _lfa_io.load_state(path)
+        res = _lfa_io.state_to_result(path, state)
         obj = cls(forward_func, layer)
-        for name in cls._STATE_TENSORS:
-            setattr(obj, name, state[name])
-        obj.n_samples_ = state["n_samples"]
-        obj.n_channels_ = state["n_channels"]
-        obj.n_factors_ = state["n_factors"]
-        obj.n_factors_method_ = state["n_factors_method"]
-        obj.rotation_ = state["rotation"]
-        obj.converged_ = state["converged"]
-        obj.n_iter_ = state["n_iter"]
-        obj.layer_name_ = state["layer_name"]
-        obj.activation_shape_ = tuple(state["activation_shape"])
-        obj.parallel_threshold_ = state["parallel_threshold"]
-        obj.adequacy_ = Adequacy(**state["adequacy"])
-        obj.metrics_ = Metrics(**state["metrics"])
+        saved_name = state["layer_name"]
+        name = _layer_name(forward_func, layer)
+        if isinstance(forward_func, nn.Module) and saved_name and name and name != saved_name:
+            raise CaptumElfaError(
+                f"{path!s} was fitted on layer '{saved_name}' but is being loaded onto layer '{name}'; "
+                f"pass the layer it was fitted on (forward_func.get_submodule('{saved_name}'))"
+            )
+        width = next(
+            (getattr(layer, a) for a in ("out_channels", "out_features", "num_features") if hasattr(layer, a)), None
+        )
+        if isinstance(width, int) and width != res.n_channels:
+            raise CaptumElfaError(
+                f"{path!s} was fitted on a layer of {res.n_channels} channels but {type(layer).__name__} "
+                f"'{name}' has {width}; pass the layer it was fitted on"
+            )
+        obj._set_result(res, saved_name or name, tuple(state["activation_shape"]))
         return obj
+
+
+def _criteria_counts(criteria: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in criteria.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def _finite_or_none(v: float) -> Optional[float]:
+    return float(v) if math.isfinite(v) else None
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Tensor):
+        return v.tolist()
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def _normalize(maps: Tensor, method: Optional[str]) -> Tensor:

@@ -2,17 +2,21 @@
 
 The model is ``x = W f + e`` with ``f ~ N(0, I_k)`` and ``e ~ N(0, Psi)``. For fixed
 uniquenesses ``Psi`` the likelihood is maximised by the leading eigenvectors of
-``Psi^-1/2 R Psi^-1/2`` (the step scikit-learn's ``FactorAnalysis`` takes with an SVD of the
-whole data matrix); here the profile likelihood is maximised over ``log Psi`` with L-BFGS-B and
-an analytic gradient (Joreskog's method, as R's ``factanal``), which needs only the ``C x C``
-correlation matrix and reaches the optimum scikit-learn converges to.
+``S = Psi^-1/2 R Psi^-1/2`` (the step scikit-learn's ``FactorAnalysis`` takes with an SVD of the
+whole data matrix); :func:`ml_factor_analysis` maximises this profile likelihood over
+``x = log Psi`` in the box ``[log(floor * R_ii), log R_ii]`` with L-BFGS-B and an analytic
+gradient (Joreskog's method, as R's ``factanal``), which needs only the ``C x C`` correlation
+matrix. The profile has local optima (spurious Heywood solutions, a uniqueness at the floor, when
+``R`` is ill-conditioned), so it starts from several points and keeps the best, and it calls a fit
+converged only when the Karush-Kuhn-Tucker conditions hold at the exact (LAPACK) eigenvectors:
+the projected gradient in ``log Psi`` vanishes (see :func:`ml_factor_analysis`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
 
 import numpy as np
 import scipy.linalg
@@ -24,15 +28,464 @@ from captum_elfa._validation import CaptumElfaError
 
 __all__ = [
     "FactorModel",
+    "MLResult",
+    "ml_factor_analysis",
     "fit_factor_model",
-    "ortho_rotation",
     "score_weights",
     "loglikelihood",
-    "ROTATIONS",
+    "PSI_FLOOR",
+    "KKT_TOL",
 ]
 
-ROTATIONS = ("varimax", "quartimax", None)
-PSI_MIN = 1e-8
+#: lower bound of a uniqueness, relative to the variable's variance ``R_ii`` (scikit-learn's
+#: ``FactorAnalysis`` clips its noise variances at 1e-12 too); near-duplicate channels need it
+PSI_FLOOR = 1e-12
+PSI_MIN = PSI_FLOOR  # the name earlier versions used
+#: tolerance of the KKT test on the projected gradient in ``log Psi`` (see ``ml_factor_analysis``)
+KKT_TOL = 1e-6
+# above this many variables the screening runs use a warm-started subspace iteration for the
+# leading eigenpairs and only the best starts are refined; at or below, every start is refined
+# and the best one polished by Newton steps on a finite-difference Hessian
+_LARGE_C = 384
+_NEWTON_MAX_C = 64
+# below this log(Psi_i / R_ii) the eigenpairs come from a Jacobi SVD (relative accuracy)
+_GRADED_BELOW = math.log(1e-6)
+# the Jacobi SVD is O(C^3) with a large constant (20 s at C = 2,048): above this size the
+# Householder eigensolver is used throughout (objective accurate to ~eps / min Psi near the floor)
+_GRADED_MAX_C = 512
+
+
+@dataclass
+class MLResult:
+    """The maximum-likelihood factor model of a correlation matrix, before any rotation.
+
+    Attributes:
+        loadings (Tensor): unrotated loadings ``W`` [C, k] (float64): the leading eigenvectors
+                    of ``Psi^-1/2 R Psi^-1/2`` scaled, in eigenvalue order, each column's sum
+                    made positive. Columns of zeros when fewer than k eigenvalues exceed 1.
+        uniquenesses (Tensor): ``Psi`` [C] (float64).
+        loglike (float): mean log-likelihood per sample of the standardised data (scikit-learn's
+                    ``FactorAnalysis.score``), from :func:`loglikelihood`.
+        converged (bool): whether the KKT conditions hold at the solution to ``tol``.
+        n_iter (int): optimiser iterations over all starts (L-BFGS-B, EM and Newton steps).
+        projected_gradient (float): max |projected gradient| of the objective in ``log Psi`` at
+                    the solution, from the exact eigenvectors.
+        n_starts (int): number of starting points tried.
+        start_loglikes (list of float): the log-likelihood reached from each start, in the order
+                    classical, 1 - SMC, SMC, flat 0.5, then the random ones (``-inf`` for a start
+                    that was only screened).
+        heywood (Tensor): bool [C], uniquenesses at the lower bound (or within 1e3 of it, where
+                    the likelihood is flat to ~1e-9) with the KKT sign there: a boundary optimum,
+                    the likelihood would rise if they could go lower.
+        best_start (int): index of the start the solution came from.
+    """
+
+    loadings: Tensor
+    uniquenesses: Tensor
+    loglike: float
+    converged: bool
+    n_iter: int
+    projected_gradient: float
+    n_starts: int
+    start_loglikes: List[float]
+    heywood: Tensor
+    best_start: int = 0
+
+
+class _Profile:
+    """The profile objective ``F(x) = log|Sigma| + tr(Sigma^-1 R)`` at the optimal ``W`` for
+    ``Psi = exp(x)``, and its gradient in ``x``: ``g_i = (Sigma_ii - R_ii) / Psi_i``."""
+
+    def __init__(self, r: np.ndarray, k: int, floor: float, iterative: bool) -> None:
+        self.r = r
+        self.k = k
+        self.c = r.shape[0]
+        self.d = np.diag(r).copy()
+        self.lower = np.log(floor * self.d)
+        self.upper = np.log(self.d)
+        self.iterative = iterative
+        self.m = min(self.c, k + max(10, k // 2))
+        self._v: Optional[np.ndarray] = None
+        self.n_eval = 0
+        self._factor: Optional[np.ndarray] = None
+
+    def _graded(self, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+        """Top eigenpairs of ``S = D R D`` and the sum of the other eigenvalues, with relative
+        accuracy: the one-sided Jacobi SVD (LAPACK ``dgejsv``) of ``G = D R^1/2``, ``S = G G^T``.
+        Householder ``eigh`` has absolute errors ``eps * ||S|| ~ eps / min Psi`` in every
+        eigenvalue (1e-4 at Psi = 1e-12: the objective's ``tr S - sum_top l`` would lose 12
+        digits), Jacobi's do not grow with the row scaling ``D``."""
+        if self._factor is None:
+            try:
+                self._factor = np.linalg.cholesky(self.r)
+            except np.linalg.LinAlgError:
+                lam, vec = np.linalg.eigh(self.r)
+                self._factor = vec * np.sqrt(np.maximum(lam, 0.0))[None, :]
+        g = np.exp(-0.5 * x)[:, None] * self._factor
+        sva, u, _, work, _, info = scipy.linalg.lapack.dgejsv(g, joba=4, jobu=0, jobv=3, jobr=1, jobt=0, jobp=0)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"dgejsv failed (info={info})")
+        lam = (sva * (work[0] / work[1])) ** 2
+        order = np.argsort(-lam, kind="stable")
+        top = order[: self.k]
+        # g_i = 1 - d_i/psi_i + sum_top u_ij^2 (l_j - 1)_+ cancels 1/psi; with the full basis
+        # (sum_j u_ij^2 = 1, sum_j u_ij^2 l_j = d_i/psi_i) it is a sum of bounded terms
+        other = np.ones(lam.size, dtype=bool)
+        other[top[lam[top] > 1.0]] = False
+        g = (u[:, other] ** 2) @ (1.0 - lam[other])
+        return lam[top], u[:, top], float(lam[order[self.k :]].sum()), g
+
+    def _scaled(self, x: np.ndarray) -> np.ndarray:
+        sc = np.exp(-0.5 * x)
+        return self.r * sc[:, None] * sc[None, :]
+
+    def _exact(self, s: np.ndarray, m: int) -> Tuple[np.ndarray, np.ndarray]:
+        c = self.c
+        vals, vecs = scipy.linalg.eigh(s, subset_by_index=[c - m, c - 1], driver="evr", check_finite=False)
+        return vals[::-1], vecs[:, ::-1]
+
+    def _subspace(self, s: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """Block power iteration with Rayleigh-Ritz from the last eigenvectors; None if slow."""
+        assert self._v is not None
+        v, k = self._v, self.k
+        for _ in range(25):
+            z = s @ v
+            t = v.T @ z
+            w, u = np.linalg.eigh(0.5 * (t + t.T))
+            w, u = w[::-1], u[:, ::-1]
+            v, z = v @ u, z @ u
+            res = np.linalg.norm(z[:, :k] - v[:, :k] * w[None, :k], axis=0)
+            if res.max() <= 1e-11 * max(abs(w[0]), 1.0):
+                self._v = v
+                return w[:k], v[:, :k]
+            v, _ = np.linalg.qr(z)
+        return None
+
+    def eig(self, x: np.ndarray, exact: bool = False) -> Tuple[np.ndarray, np.ndarray, float, Optional[np.ndarray]]:
+        """Top-k eigenvalues and vectors of ``S`` at ``x`` the sum of its other eigenvalues and
+        (from the Jacobi SVD only) the gradient."""
+        self.n_eval += 1
+        if self.c <= _GRADED_MAX_C and float((x - self.upper).min()) < _GRADED_BELOW:
+            return self._graded(x)
+        s = self._scaled(x)
+        trs = float(np.trace(s))
+        if self.iterative and not exact and self._v is not None:
+            out = self._subspace(s)
+            if out is not None:
+                return out[0], out[1], trs - float(out[0].sum()), None
+        if self.iterative:
+            vals, vecs = self._exact(s, self.m)
+            self._v = vecs
+            vals, vecs = vals[: self.k], vecs[:, : self.k]
+        else:
+            vals, vecs = self._exact(s, self.k)
+        return vals, vecs, trs - float(vals.sum()), None
+
+    def value_grad(self, x: np.ndarray, exact: bool = False) -> Tuple[float, np.ndarray]:
+        vals, vecs, rest, g = self.eig(x, exact)
+        return self._fg(x, vals, vecs, rest, g)
+
+    def _fg(
+        self, x: np.ndarray, vals: np.ndarray, vecs: np.ndarray, rest: float, g: Optional[np.ndarray] = None
+    ) -> Tuple[float, np.ndarray]:
+        inv_psi = self.d * np.exp(-x)
+        vals_c = np.maximum(vals, 1.0)
+        # sum log psi + sum_top log max(l, 1) + sum_top l / max(l, 1) + sum_rest l
+        f = x.sum() + np.log(vals_c).sum() + (vals / vals_c).sum() + rest
+        if g is None:
+            g = (vecs**2) @ np.maximum(vals - 1.0, 0.0) + 1.0 - inv_psi
+        return float(f), g
+
+    def loadings(self, x: np.ndarray) -> Tuple[np.ndarray, float, np.ndarray]:
+        """Exact loadings, objective and gradient at ``x``."""
+        vals, vecs, rest, g0 = self.eig(x, exact=True)
+        f, g = self._fg(x, vals, vecs, rest, g0)
+        w = vecs * np.sqrt(np.maximum(vals - 1.0, 0.0))[None, :] * np.exp(0.5 * x)[:, None]
+        return w, f, g
+
+    def active(self, x: np.ndarray, g: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Coordinates at the lower / upper bound."""
+        return x <= self.lower + 1e-10, x >= self.upper - 1e-10
+
+    def projected(self, x: np.ndarray, g: np.ndarray) -> float:
+        """max |projected gradient|: g for free coordinates; at a bound, only the part pointing
+        into the box (a descent direction -g leaving the box is allowed: the KKT condition)."""
+        lo, hi = self.active(x, g)
+        pg = g.copy()
+        pg[lo] = np.minimum(g[lo], 0.0)
+        pg[hi] = np.maximum(g[hi], 0.0)
+        return float(np.abs(pg).max()) if pg.size else 0.0
+
+    def em(self, x: np.ndarray, f: float, steps: int) -> Tuple[np.ndarray, float, int]:
+        """scikit-learn's EM update ``Psi = diag(R) - diag(W W^T)`` (never lowers the likelihood)."""
+        done = 0
+        for done in range(1, steps + 1):
+            vals, vecs, _, _ = self.eig(x, exact=True)
+            h2 = ((vecs**2) @ np.maximum(vals - 1.0, 0.0)) * np.exp(x)
+            xn = np.clip(np.log(np.maximum(self.d - h2, 1e-300)), self.lower, self.upper)
+            fn, _ = self.value_grad(xn, exact=True)
+            if not fn < f:
+                return x, f, done - 1
+            x, f = xn, fn
+        return x, f, done
+
+
+def _lbfgsb(prof: _Profile, x0: np.ndarray, maxiter: int, gtol: float) -> Tuple[np.ndarray, float, int]:
+    res = scipy.optimize.minimize(
+        prof.value_grad,
+        x0,
+        jac=True,
+        method="L-BFGS-B",
+        bounds=list(zip(prof.lower, prof.upper)),
+        # no stop on the change of F: only the projected gradient, a failed line search or the
+        # iteration cap end a run, and only the KKT test below decides convergence
+        options={"maxiter": maxiter, "ftol": 0.0, "gtol": gtol, "maxcor": 30, "maxls": 50},
+    )
+    return np.asarray(res.x, dtype=np.float64), float(res.fun), int(res.nit)
+
+
+def _newton(prof: _Profile, x: np.ndarray, steps: int, gtol: float) -> Tuple[np.ndarray, int]:
+    """Projected Newton steps on the free coordinates with a finite-difference Hessian of the
+    analytic (exact-eigenvector) gradient; a step is taken only if it lowers F or, at the
+    resolution of F near the optimum, the projected gradient."""
+    f, g = prof.value_grad(x, exact=True)
+    pg = prof.projected(x, g)
+    done = 0
+    for done in range(1, steps + 1):
+        if pg <= gtol:
+            return x, done - 1
+        lo, hi = prof.active(x, g)
+        free = np.flatnonzero(~((lo & (g > 0)) | (hi & (g < 0))))
+        if free.size == 0:
+            return x, done - 1
+        h = 1e-6
+        cols = []
+        for i in free:
+            xp = x.copy()
+            xp[i] += h
+            cols.append((prof.value_grad(xp, exact=True)[1][free] - g[free]) / h)
+        hess = np.array(cols)
+        hess = 0.5 * (hess + hess.T)
+        ev, evec = np.linalg.eigh(hess)
+        ev = np.maximum(np.abs(ev), 1e-8 * max(np.abs(ev).max(), 1e-300))
+        step = np.zeros_like(x)
+        step[free] = -(evec @ ((evec.T @ g[free]) / ev))
+        t, accepted = 1.0, False
+        for _ in range(30):
+            xn = np.clip(x + t * step, prof.lower, prof.upper)
+            fn, gn = prof.value_grad(xn, exact=True)
+            pgn = prof.projected(xn, gn)
+            # near the optimum F is resolved to ~1e-10 relative (uniquenesses at the 1e-12 floor
+            # make S ill-conditioned): a step that cuts the projected gradient and leaves F
+            # unchanged at that resolution is progress
+            tiny = 1e-10 * max(abs(f), 1.0)
+            if fn < f - 1e-4 * t * abs(g @ (xn - x)) or (fn <= f + tiny and pgn < 0.5 * pg):
+                x, f, g, pg, accepted = xn, fn, gn, pgn, True
+                break
+            t *= 0.5
+        if not accepted:
+            return x, done
+    return x, done
+
+
+def _fix_boundary(prof: _Profile, x: np.ndarray, gtol: float, max_iter: int) -> Tuple[np.ndarray, int]:
+    """Snap uniquenesses within three decades of the floor onto it and re-optimise the others with
+    them held there (an active-set step). Near the floor F is flat in ``log Psi`` and ``S`` is
+    ill-conditioned, which stalls L-BFGS-B on the *free* coordinates; with the boundary ones
+    fixed the remaining problem is regular."""
+    near = x <= prof.lower + math.log(1e3)
+    if not near.any() or near.all():
+        return x, 0
+    xs = x.copy()
+    xs[near] = prof.lower[near]
+    free = np.flatnonzero(~near)
+
+    def fg(xf: np.ndarray) -> Tuple[float, np.ndarray]:
+        xx = xs.copy()
+        xx[free] = xf
+        f, g = prof.value_grad(xx, exact=True)
+        return f, g[free]
+
+    res = scipy.optimize.minimize(
+        fg,
+        xs[free],
+        jac=True,
+        method="L-BFGS-B",
+        bounds=list(zip(prof.lower[free], prof.upper[free])),
+        options={"maxiter": max_iter, "ftol": 0.0, "gtol": gtol, "maxcor": 30, "maxls": 50},
+    )
+    xs[free] = res.x
+    return xs, int(res.nit)
+
+
+def _starts(r: np.ndarray, k: int, n_random: int, rng: np.random.Generator) -> List[np.ndarray]:
+    """Uniquenesses to start from: classical ``(1 - k/2C) / diag(R^-1)``, ``1 - SMC = 1/diag(R^-1)``,
+    ``SMC = 1 - 1/diag(R^-1)``, flat 0.5, and seeded uniform random ones; relative to ``R_ii``."""
+    c = r.shape[0]
+    d = np.diag(r)
+    lam, vec = np.linalg.eigh(r)
+    lam = np.maximum(lam, 1e-12 * max(lam[-1], 1e-300))
+    rinv_d = ((vec**2) / lam[None, :]).sum(1) * d  # diag(R^-1) of the standardised variables
+    one_minus_smc = 1.0 / rinv_d
+    out = [(1.0 - 0.5 * k / c) * one_minus_smc, one_minus_smc, 1.0 - one_minus_smc, np.full(c, 0.5)]
+    out += [rng.uniform(0.05, 0.95, size=c) for _ in range(n_random)]
+    return [np.log(np.clip(p, 5e-3, 0.995) * d) for p in out]
+
+
+def ml_factor_analysis(
+    r: Tensor,
+    n_factors: int,
+    *,
+    max_iter: int = 5000,
+    random_state: int = 0,
+    n_random_starts: int = 3,
+    tol: float = KKT_TOL,
+    psi_floor: float = PSI_FLOOR,
+) -> MLResult:
+    r"""Maximum-likelihood factor analysis of a correlation matrix, from several starts.
+
+    Minimises the profile discrepancy ``F(x) = log|Sigma| + tr(Sigma^-1 R)`` over ``x = log Psi``
+    in ``[log(psi_floor * R_ii), log R_ii]`` (``W`` optimal for each ``Psi``) with L-BFGS-B, from
+    the classical start ``(1 - k/2C)/diag(R^-1)``, ``1/diag(R^-1)`` (one minus the squared
+    multiple correlations), the squared multiple correlations, a flat 0.5 and
+    ``n_random_starts`` seeded random points; keeps the best and polishes it (Newton steps on
+    a finite-difference Hessian for C <= 64, EM and restarted L-BFGS-B otherwise). For more than
+    384 variables every start first runs 20 iterations with warm-started subspace iteration for
+    the leading eigenpairs and only the best two are refined.
+
+    Convergence is the KKT test at the exact (LAPACK) eigenvectors, never the change of ``F``:
+    with ``g_i = dF/dx_i = (Sigma_ii - R_ii)/Psi_i`` (a dimensionless relative misfit of the
+    diagonal), ``|g_i| <= tol`` for free coordinates, and ``g_i >= -tol`` (``<= tol``) at the
+    lower (upper) bound. Near the optimum ``F - F* ~ g^T H^-1 g / 2``, so ``tol = 1e-6``
+    puts the log-likelihood within about ``C * 1e-12 / lambda_min(H)`` per sample of the optimum,
+    far below ``1e-8 |loglike|`` unless ``H`` is singular to 1e-4.
+
+    Args:
+        r (Tensor): correlation matrix [C, C] of the standardised variables (float64).
+        n_factors (int): number of factors ``k`` (1 <= k < C).
+        max_iter (int): L-BFGS-B iteration cap for each run.
+        random_state (int): seed of the random starts.
+        n_random_starts (int): number of random starts.
+        tol (float): KKT tolerance on the projected gradient in ``log Psi``.
+        psi_floor (float): lower bound of a uniqueness relative to ``R_ii`` (1e-12, as
+                    scikit-learn): low enough for near-duplicate channels.
+
+    Returns:
+        MLResult: unrotated loadings, uniquenesses, mean log-likelihood per sample, the KKT
+        verdict, the projected gradient, the log-likelihood from every start and the Heywood mask.
+
+    Examples::
+
+        >>> res = ml_factor_analysis(r, 5)
+        >>> res.converged, res.projected_gradient <= 1e-6
+        (True, True)
+    """
+    c = r.shape[0] if r.dim() == 2 else -1
+    if r.dim() != 2 or r.shape[0] != r.shape[1]:
+        raise CaptumElfaError(f"r must be a square [C, C] correlation matrix, got shape {tuple(r.shape)}")
+    if not 1 <= n_factors < c:
+        raise CaptumElfaError(f"n_factors={n_factors} is outside [1, {c - 1}] for {c} variables")
+    rn = r.detach().to(torch.float64).cpu().numpy()
+    if not np.isfinite(rn).all() or not (np.diag(rn) > 0).all():
+        raise CaptumElfaError("r must be finite with a positive diagonal (a correlation matrix)")
+    if not 0 < psi_floor < 1:
+        raise CaptumElfaError(f"psi_floor={psi_floor} is outside (0, 1)")
+    rn = 0.5 * (rn + rn.T)
+    k = n_factors
+    large = c > _LARGE_C
+    prof = _Profile(rn, k, psi_floor, iterative=large)
+    starts = _starts(rn, k, n_random_starts, np.random.default_rng(random_state))
+    n_iter = 0
+    gtol = min(tol, 1e-9) if not large else tol * 1e-2
+    if large:
+        screened = []
+        for x0 in starts:
+            x, f, it = _lbfgsb(prof, x0, 20, gtol)
+            n_iter += it
+            screened.append((f, x))
+        order = np.argsort([s[0] for s in screened])[:2]
+        to_refine = [(int(i), screened[i][1]) for i in order]
+    else:
+        to_refine = list(enumerate(starts))
+    finals: List[Tuple[float, int, np.ndarray]] = []
+    f_start = [math.inf] * len(starts)
+    for i, x0 in to_refine:
+        x, f, it = _lbfgsb(prof, x0, max_iter, gtol)
+        n_iter += it
+        f_start[i] = f
+        finals.append((f, i, x))
+    # the exact objective decides between the candidates
+    best = min(((prof.value_grad(x, exact=True)[0], i, x) for _, i, x in finals), key=lambda t: (t[0], t[1]))
+    f, best_i, x = best
+    _, g = prof.value_grad(x, exact=True)
+    pg = prof.projected(x, g)
+    prof.iterative = False
+    # polish: small problems to 1e-3 * tol (cheap, and it makes the answer independent of the
+    # start and of rounding); large ones only when the KKT test is not met yet (each exact
+    # eigendecomposition of a 2,048-channel S costs ~0.5 s)
+    polish_to = 1e-3 * tol if not large else tol
+    for _ in range(2):
+        if pg <= polish_to:
+            break
+        if c <= _NEWTON_MAX_C:
+            x, it = _newton(prof, x, 6, 1e-3 * tol)
+            n_iter += it
+        else:
+            x, f, it = prof.em(x, f, 20)
+            n_iter += it
+            x, f, it = _lbfgsb(prof, x, max_iter, 1e-3 * tol)
+            n_iter += it
+        f, g = prof.value_grad(x, exact=True)
+        pg_new = prof.projected(x, g)
+        if not pg_new < pg:
+            pg = pg_new
+            break
+        pg = pg_new
+    if pg > tol:  # stalled next to the boundary: hold the near-floor uniquenesses on it
+        f0 = prof.value_grad(x, exact=True)[0]
+        xs, it = _fix_boundary(prof, x, 1e-3 * tol, max_iter)
+        n_iter += it
+        if c <= _NEWTON_MAX_C:
+            xs, it = _newton(prof, xs, 10, 1e-3 * tol)
+            n_iter += it
+        fs, gs = prof.value_grad(xs, exact=True)
+        pgs = prof.projected(xs, gs)
+        if fs <= f0 + 1e-10 * max(abs(f0), 1.0) and pgs < pg:
+            x, pg = xs, pgs
+    # a uniqueness that ends within three decades of the floor with the KKT sign goes onto the
+    # floor when that costs nothing (F is flat there to ~1e-10): boundary values, and the metrics
+    # that depend on log Psi (R^2), then do not depend on where the optimiser happened to stop
+    f_now, g_now = prof.value_grad(x, exact=True)
+    near = (x <= prof.lower + math.log(1e3)) & (x > prof.lower) & (g_now >= -tol)
+    if near.any():
+        xs = x.copy()
+        xs[near] = prof.lower[near]
+        fs, gs = prof.value_grad(xs, exact=True)
+        if fs <= f_now + 1e-10 * max(abs(f_now), 1.0) and prof.projected(xs, gs) <= max(pg, tol):
+            x = xs
+    w, f, g = prof.loadings(x)
+    pg = prof.projected(x, g)
+    # at the floor, or within three decades of it where F is flat to ~1e-9 (the optimum of a
+    # Heywood variable is psi -> 0; L-BFGS-B may stop just inside the box), with the KKT sign
+    heywood = (x <= prof.lower + math.log(1e3)) & (g >= -tol)
+    w = w * np.where(w.sum(0) < 0, -1.0, 1.0)[None, :]
+    psi = np.exp(x)
+    loadings = torch.from_numpy(np.ascontiguousarray(w))
+    psi_t = torch.from_numpy(psi)
+    ll = loglikelihood(torch.from_numpy(rn), loadings, psi_t)
+    ll_start = [-0.5 * (c * math.log(2 * math.pi) + fs) if math.isfinite(fs) else -math.inf for fs in f_start]
+    return MLResult(
+        loadings=loadings,
+        uniquenesses=psi_t,
+        loglike=ll,
+        converged=bool(pg <= tol),
+        n_iter=int(n_iter),
+        projected_gradient=pg,
+        n_starts=len(starts),
+        start_loglikes=ll_start,
+        heywood=torch.from_numpy(heywood),
+        best_start=int(best_i),
+    )
 
 
 @dataclass
@@ -44,7 +497,12 @@ class FactorModel:
         uniquenesses (Tensor): ``Psi`` [C].
         loglike (float): mean log-likelihood per sample (scikit-learn's ``score``).
         n_iter (int): optimiser iterations.
-        converged (bool): whether the optimiser reported convergence.
+        converged (bool): whether the KKT conditions hold at the ML solution (see
+                    :func:`ml_factor_analysis`).
+        projected_gradient (float): max |projected gradient| in ``log Psi`` at the solution.
+        n_starts (int): starting points tried.
+        heywood (Tensor): bool [C], uniquenesses at the lower bound at a KKT point.
+        phi (Tensor, optional): factor correlations [k, k] (the identity for orthogonal rotations).
     """
 
     loadings: Tensor
@@ -52,33 +510,61 @@ class FactorModel:
     loglike: float
     n_iter: int
     converged: bool
+    projected_gradient: float = float("nan")
+    n_starts: int = 1
+    heywood: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+    phi: Optional[Tensor] = None
 
 
-def _top_eigh(s: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    c = s.shape[0]
-    vals, vecs = scipy.linalg.eigh(s, subset_by_index=[c - k, c - 1], driver="evr", check_finite=False)
-    return vals[::-1], vecs[:, ::-1]
+def fit_factor_model(
+    r: Tensor,
+    n_factors: int,
+    rotation: Optional[str] = "varimax",
+    tol: float = KKT_TOL,
+    max_iter: int = 5000,
+    random_state: Optional[int] = 0,
+    rotation_kwargs: Optional[dict] = None,
+) -> FactorModel:
+    """Fit the ML factor model to a correlation matrix ``r`` [C, C] (float64) and rotate it.
 
+    Args:
+        r (Tensor): correlation matrix of the standardised variables.
+        n_factors (int): number of factors ``k`` (1 <= k < C).
+        rotation (str or None): one of :data:`captum_elfa.stats.rotations.ROTATIONS`.
+        tol (float): KKT tolerance on the projected gradient (see :func:`ml_factor_analysis`).
+        max_iter (int): maximum L-BFGS-B iterations per run.
+        random_state (int, optional): seed of the random starts (None: 0, so fits stay reproducible).
+        rotation_kwargs (dict, optional): options of the rotation
+                    (:func:`captum_elfa.stats.rotations.check_rotation_kwargs`).
 
-def _objective(x: np.ndarray, r: np.ndarray, k: int, logdet_r: float) -> tuple[float, np.ndarray]:
-    """Negative profile log-likelihood (per sample, without constants) and its gradient in log psi."""
-    psi = np.exp(x)
-    sc = 1.0 / np.sqrt(psi)
-    s = r * sc[:, None] * sc[None, :]
-    vals, vecs = _top_eigh(s, k)
-    vals_c = np.maximum(vals, 1.0)
-    # F = log|Sigma| + tr(Sigma^-1 R) with the optimal W for this psi
-    #   = sum log psi + sum_{top} log max(l,1) + sum_{top} l/max(l,1) + (tr S - sum_top l)
-    f = x.sum() + np.log(vals_c).sum() + (vals / vals_c).sum() + (np.trace(s) - vals.sum())
-    load = vecs * np.sqrt(np.maximum(vals - 1.0, 0.0))[None, :] * np.sqrt(psi)[:, None]
-    g_psi = ((load**2).sum(1) + psi - np.diag(r)) / psi**2
-    return float(f), g_psi * psi
+    Returns:
+        FactorModel: loadings rotated (the pattern for oblique rotations, with ``phi``), factors
+        ordered by the variance they explain, each factor's loadings summing to a positive number.
 
+    Examples::
 
-def _loadings_at(r: np.ndarray, psi: np.ndarray, k: int) -> np.ndarray:
-    sc = 1.0 / np.sqrt(psi)
-    vals, vecs = _top_eigh(r * sc[:, None] * sc[None, :], k)
-    return vecs * np.sqrt(np.maximum(vals - 1.0, 0.0))[None, :] * np.sqrt(psi)[:, None]
+        >>> fm = fit_factor_model(r, 3, rotation="varimax")
+        >>> fm.loadings.shape, fm.converged
+        (torch.Size([C, 3]), True)
+    """
+    from captum_elfa.stats.rotations import check_rotation_kwargs, orient, rotate
+
+    kwargs = check_rotation_kwargs(rotation, rotation_kwargs or {})
+    res = ml_factor_analysis(
+        r, n_factors, max_iter=max_iter, random_state=0 if random_state is None else random_state, tol=tol
+    )
+    rot = orient(rotate(res.loadings, rotation if n_factors > 1 else None, **kwargs))
+    return FactorModel(
+        rot.loadings,
+        res.uniquenesses,
+        res.loglike,
+        res.n_iter,
+        res.converged,
+        res.projected_gradient,
+        res.n_starts,
+        res.heywood,
+        rot.phi,
+    )
 
 
 def loglikelihood(r: Tensor, loadings: Tensor, psi: Tensor) -> float:
@@ -93,117 +579,6 @@ def loglikelihood(r: Tensor, loadings: Tensor, psi: Tensor) -> float:
         return -math.inf
     tr = torch.trace(torch.linalg.solve(v, r))
     return float(-0.5 * (c * math.log(2 * math.pi) + logdet + tr))
-
-
-def ortho_rotation(loadings: Tensor, method: str = "varimax", tol: float = 1e-6, max_iter: int = 100) -> Tensor:
-    """Orthogonal rotation of loadings ``[C, k]`` (Kaiser's varimax or quartimax).
-
-    The same iteration as scikit-learn's ``FactorAnalysis(rotation=...)`` (raw, unnormalised).
-    Computed with numpy: the matrices are small, and numpy's BLAS threads are the ones ``fit``
-    limits (torch's intra-op threads made 100 tiny SVDs take seconds on a busy 2-core machine).
-    """
-    if method not in ("varimax", "quartimax"):
-        raise CaptumElfaError(f"rotation={method!r} is not valid; choose one of {list(ROTATIONS)}")
-    comp = loadings.detach().to(torch.float64).cpu().numpy()
-    nrow, ncol = comp.shape
-    rot = np.eye(ncol)
-    var = 0.0
-    for _ in range(max_iter):
-        cr = comp @ rot
-        tmp = cr * ((cr**2).sum(0) / nrow) if method == "varimax" else 0.0
-        u, s, vh = np.linalg.svd(comp.T @ (cr**3 - tmp))
-        rot = u @ vh
-        var_new = float(s.sum())
-        if var != 0 and var_new < var * (1 + tol):
-            break
-        var = var_new
-    return torch.from_numpy(comp @ rot).to(loadings.device)
-
-
-def _orient(loadings: Tensor) -> Tensor:
-    """Sort factors by variance (descending) and make each factor's loadings sum positive."""
-    var = (loadings**2).sum(0)
-    order = torch.argsort(var, descending=True)
-    w = loadings[:, order]
-    sign = torch.where(w.sum(0) < 0, -1.0, 1.0).to(w.dtype)
-    return w * sign
-
-
-def _em_polish(
-    r: np.ndarray, psi: np.ndarray, k: int, f: float, logdet_r: float, max_steps: int = 50, tol: float = 1e-13
-) -> tuple[np.ndarray, int]:
-    """A few of scikit-learn's EM updates ``psi = diag(R) - diag(W W^T)``; each one can only raise
-    the likelihood, which settles solutions on the boundary (Heywood cases) where L-BFGS-B stops."""
-    steps = 0
-    for steps in range(1, max_steps + 1):
-        w = _loadings_at(r, psi, k)
-        new = np.clip(np.diag(r) - (w**2).sum(1), PSI_MIN, 1.0)
-        f_new, _ = _objective(np.log(new), r, k, logdet_r)
-        if not f_new < f:
-            return psi, steps - 1
-        improved = f - f_new
-        psi, f = new, f_new
-        if improved <= tol * max(1.0, abs(f)):
-            break
-    return psi, steps
-
-
-def fit_factor_model(
-    r: Tensor,
-    n_factors: int,
-    rotation: Optional[str] = "varimax",
-    tol: float = 1e-12,
-    max_iter: int = 5000,
-) -> FactorModel:
-    """Fit the ML factor model to a correlation matrix ``r`` [C, C] (float64).
-
-    Args:
-        r (Tensor): correlation matrix of the standardised variables.
-        n_factors (int): number of factors ``k`` (1 <= k < C).
-        rotation (str or None): "varimax", "quartimax" or None.
-        tol (float): relative tolerance of the objective for L-BFGS-B.
-        max_iter (int): maximum L-BFGS-B iterations.
-
-    Returns:
-        FactorModel: loadings rotated, each factor's loadings summing to a positive number,
-        factors ordered by the variance they explain.
-    """
-    if rotation not in ROTATIONS:
-        raise CaptumElfaError(f"rotation={rotation!r} is not valid; choose one of {list(ROTATIONS)}")
-    c = r.shape[0]
-    if not 1 <= n_factors < c:
-        raise CaptumElfaError(f"n_factors={n_factors} is outside [1, {c - 1}] for {c} variables")
-    rn = r.detach().to(torch.float64).cpu().numpy()
-    sign, logdet_r = np.linalg.slogdet(rn)
-    # starting point of R's factanal: (1 - k/(2C)) / diag(R^-1)
-    try:
-        start = (1.0 - 0.5 * n_factors / c) / np.diag(np.linalg.inv(rn))
-    except np.linalg.LinAlgError:
-        start = np.full(c, 0.5)
-    start = np.clip(start, 1e-3, 1.0)
-    bounds = [(math.log(PSI_MIN), 0.0)] * c
-    res = scipy.optimize.minimize(
-        _objective,
-        np.log(start),
-        args=(rn, n_factors, float(logdet_r)),
-        jac=True,
-        method="L-BFGS-B",
-        bounds=bounds,
-        options={"maxiter": max_iter, "ftol": tol, "gtol": 1e-9, "maxcor": 20},
-    )
-    psi = np.exp(res.x)
-    f_opt, _ = _objective(res.x, rn, n_factors, float(logdet_r))
-    # L-BFGS-B stops either on its tolerances or when the line search can make no more progress
-    # at float64 precision (both are the optimum); only hitting the iteration limit is not
-    converged = int(res.nit) < max_iter
-    psi, n_em = _em_polish(rn, psi, n_factors, f_opt, float(logdet_r))
-    w = torch.from_numpy(_loadings_at(rn, psi, n_factors))
-    psi_t = torch.from_numpy(psi)
-    if rotation is not None and n_factors > 1:
-        w = ortho_rotation(w, rotation)
-    w = _orient(w)
-    ll = loglikelihood(r.detach().to(torch.float64).cpu(), w, psi_t)
-    return FactorModel(w, psi_t, ll, int(res.nit) + n_em, converged)
 
 
 def score_weights(loadings: Tensor, psi: Tensor) -> Tensor:

@@ -82,6 +82,8 @@ class RunningMoments:
         self._first_bad: Optional[Tensor] = None
         self.spatial: Optional[tuple] = None
         self.batches = 0
+        #: number of images (the first dimension of every batch), summed over ranks by all_reduce
+        self.images = 0
         #: after :meth:`all_reduce`, the rank whose batch :meth:`first_nonfinite` refers to
         self.nonfinite_rank: Optional[int] = None
 
@@ -97,6 +99,7 @@ class RunningMoments:
         if self.spatial is None:
             self.spatial = tuple(x.shape[1:])
         self.batches += 1
+        self.images += int(x.shape[0])
 
     def first_nonfinite(self) -> int:
         """Index of the first batch with NaN/Inf activations, or -1."""
@@ -108,6 +111,7 @@ class RunningMoments:
         A collective: every rank of ``group`` must call it (the same number of times). Afterwards
         every rank holds the same state: :attr:`moments` of all ranks' batches merged in rank
         order (None only if no rank saw a batch), :attr:`batches` the total number of batches,
+        :attr:`images` the total number of images,
         :attr:`spatial` the shape of the first batch of the first rank that saw one, and
         :meth:`first_nonfinite` the first non-finite batch of the lowest rank that saw one (that
         rank in :attr:`nonfinite_rank`). Without a process group (or with one rank) it does
@@ -127,12 +131,13 @@ class RunningMoments:
         if not _dist.is_distributed(group):
             return
         spatial = list(self.spatial) if self.spatial is not None else []
-        extra = [self.first_nonfinite(), self.batches, len(spatial)] + (spatial + [-1, -1, -1])[:3]
+        extra = [self.first_nonfinite(), self.batches, len(spatial)] + (spatial + [-1, -1, -1])[:3] + [self.images]
         merged, headers = _all_reduce(None if failed else self.moments, None, extra, group, failed)
         if failed:
             return
         self.moments = merged
         self.batches = sum(h[3] for h in headers)
+        self.images = sum(h[8] for h in headers)
         shapes = [tuple(h[5 : 5 + h[4]]) for h in headers if h[3] > 0 and h[4] > 0]
         self.spatial = shapes[0] if shapes else None
         bad = [(r, h[2]) for r, h in enumerate(headers) if h[2] >= 0]

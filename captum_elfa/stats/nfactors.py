@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -19,10 +19,67 @@ __all__ = [
     "parallel_analysis",
     "choose_n_factors",
     "NFactorsSpec",
+    "degrees_of_freedom",
+    "ledermann_bound",
+    "check_identified",
+    "factor_count_criteria",
+    "VARIANCE_FRACTIONS",
 ]
 
 NFactorsSpec = Union[int, float, str]
 _METHODS = ("kaiser", "scree", "parallel")
+#: variance fractions reported by :func:`factor_count_criteria` (key ``"variance_<percent>"``)
+VARIANCE_FRACTIONS = (0.5, 0.8, 0.9)
+
+
+def degrees_of_freedom(c: int, k: int) -> int:
+    r"""Degrees of freedom of a ``k``-factor model of ``c`` variables: ``((c - k)^2 - (c + k)) / 2``.
+
+    The number of distinct correlations ``c (c - 1) / 2`` minus the free parameters of the model
+    (``c k + c`` loadings and uniquenesses, less ``k (k - 1) / 2`` for the rotation and ``c`` for
+    the unit diagonal). Always an integer (``(c - k)^2`` and ``c + k`` have the same parity);
+    negative means the model is not identified.
+
+    Examples::
+
+        >>> degrees_of_freedom(16, 10), degrees_of_freedom(16, 11)
+        (2, -6)
+    """
+    c, k = int(c), int(k)
+    return ((c - k) ** 2 - (c + k)) // 2
+
+
+def ledermann_bound(c: int) -> int:
+    r"""Largest number of factors ``k`` with ``degrees_of_freedom(c, k) >= 0`` (Ledermann 1937).
+
+    ``k <= (2c + 1 - sqrt(8c + 1)) / 2``, computed exactly in integers. 0 for ``c <= 2``.
+
+    Examples::
+
+        >>> ledermann_bound(16), ledermann_bound(256)
+        (10, 233)
+    """
+    c = int(c)
+    if c < 1:
+        raise CaptumElfaError(f"c={c} variables: the Ledermann bound needs at least one variable")
+    # (c-k)^2 - (c+k) >= 0 for k <= k*, a root of k^2 - (2c+1) k + c^2 - c = 0
+    k = max((2 * c + 1 - math.isqrt(8 * c + 1)) // 2, 0)
+    while k + 1 < c and degrees_of_freedom(c, k + 1) >= 0:
+        k += 1
+    while k > 0 and degrees_of_freedom(c, k) < 0:
+        k -= 1
+    return k
+
+
+def check_identified(n_factors: int, c: int) -> None:
+    """Raise :class:`CaptumElfaError` if ``n_factors`` exceeds :func:`ledermann_bound` of ``c`` channels."""
+    bound = ledermann_bound(c)
+    if n_factors > bound:
+        raise CaptumElfaError(
+            f"n_factors={n_factors} is above the identification (Ledermann) bound {bound} for {c} channels: "
+            f"the model would have {degrees_of_freedom(c, n_factors)} (negative) degrees of freedom "
+            f"((C - k)^2 - (C + k)) / 2; use at most {bound} factors"
+        )
 
 
 def kaiser(eigenvalues: Tensor) -> int:
@@ -119,6 +176,65 @@ def parallel_analysis(
     above = (ev > thresh).to(torch.int64)
     k = int(torch.cumprod(above, 0).sum())
     return k, thresh
+
+
+def factor_count_criteria(
+    eigenvalues: Tensor,
+    n_samples: int,
+    random_state: Optional[int] = 0,
+    *,
+    n_images: Optional[int] = None,
+    parallel_threshold: Optional[Tensor] = None,
+) -> Dict[str, Any]:
+    r"""Every factor-count criterion side by side, so that their disagreement shows.
+
+    On network layers they often disagree widely (random-init ResNet-18 layer3, 256 channels:
+    Kaiser 25, the standard-error scree 146): the scree's stopping rule (standard error of the
+    remaining eigenvalues' linear fit below ``1/C``) is met only where the tail of the spectrum
+    is nearly straight, and it matches the reference ``elfa.criteria.standard_error_scree_criterion``
+    on the same data (``tests/test_screening.py``), so that is what the method gives.
+
+    Args:
+        eigenvalues (Tensor): eigenvalues of the live channels' correlation matrix [C].
+        n_samples (int): number of samples (images x pixels), for the parallel analysis and the
+                    scree's ``n / (n - 1)`` factor.
+        random_state (int, optional): seed of the parallel analysis.
+        n_images (int, optional): number of images; when given, ``"parallel_images"`` is the
+                    parallel analysis with the images as the sample size (the pixels of an image
+                    are dependent, so this is the conservative count).
+        parallel_threshold (Tensor, optional): the parallel analysis' threshold curve for
+                    ``n_samples`` if already computed (by :func:`choose_n_factors`), to reuse it.
+
+    Returns:
+        dict: ``"kaiser"``, ``"parallel"``, ``"scree"``, ``"variance_50"``, ``"variance_80"``,
+        ``"variance_90"`` (the counts of :func:`kaiser`, :func:`parallel_analysis`,
+        :func:`se_scree`, :func:`variance_fraction` at 0.5 / 0.8 / 0.9; unclipped),
+        ``"parallel_images"`` (int, only with ``n_images``), ``"ledermann_bound"`` (int) and
+        ``"agree"`` (bool: Kaiser, parallel and scree give the same count). JSON-serialisable.
+
+    Examples::
+
+        >>> factor_count_criteria(torch.linalg.eigvalsh(r).flip(0), n)
+        {'kaiser': 25, 'parallel': 24, 'scree': 146, 'variance_50': 9, ..., 'ledermann_bound': 233, 'agree': False}
+    """
+    ev = torch.sort(eigenvalues.to(torch.float64).cpu(), descending=True).values
+    c = ev.numel()
+    if c < 1:
+        raise CaptumElfaError("factor_count_criteria needs at least one eigenvalue")
+    out: Dict[str, Any] = {"kaiser": kaiser(ev)}
+    if parallel_threshold is None:
+        out["parallel"], _ = parallel_analysis(ev, n_samples, random_state=random_state)
+    else:
+        thr = parallel_threshold.to(torch.float64).cpu()
+        out["parallel"] = int(torch.cumprod((ev > thr).to(torch.int64), 0).sum())
+    out["scree"] = se_scree(ev, n_samples)
+    for m in VARIANCE_FRACTIONS:
+        out[f"variance_{round(100 * m)}"] = variance_fraction(ev, m)
+    if n_images is not None:
+        out["parallel_images"], _ = parallel_analysis(ev, int(n_images), random_state=random_state)
+    out["ledermann_bound"] = ledermann_bound(c)
+    out["agree"] = len({out["kaiser"], out["parallel"], out["scree"]}) == 1
+    return out
 
 
 def choose_n_factors(

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from captum_elfa.stats.factor_model import loglikelihood, score_weights
+from captum_elfa.stats.factor_model import score_weights
 
 __all__ = ["Metrics", "validity_metrics"]
 
@@ -54,6 +55,18 @@ class Metrics:
     total_variance_explained: float
     loglike: float
 
+    def expand(self, live: Tensor, n_channels: int) -> Metrics:
+        """The same metrics with per-channel tensors over all ``n_channels`` (0 where not live)."""
+
+        def full(t: Tensor) -> Tensor:
+            out = torch.zeros(n_channels, dtype=torch.float64)
+            out[live] = t.to(torch.float64)
+            return out
+
+        return replace(
+            self, communalities=full(self.communalities), uniquenesses=full(self.uniquenesses), gamma2=full(self.gamma2)
+        )
+
     def to_dict(self) -> dict:
         out = {}
         for k, v in asdict(self).items():
@@ -61,26 +74,50 @@ class Metrics:
         return out
 
 
+def _loglike(r: Tensor, v: Tensor) -> float:
+    """Mean Gaussian log-likelihood per sample of data with correlation ``r`` under covariance ``v``."""
+    c = r.shape[0]
+    sign, logdet = torch.linalg.slogdet(v)
+    if float(sign) <= 0:
+        return -math.inf
+    return float(-0.5 * (c * math.log(2 * math.pi) + logdet + torch.trace(torch.linalg.solve(v, r))))
+
+
 def _corr_from_cov(v: Tensor) -> Tensor:
     d = torch.sqrt(torch.diagonal(v))
     return v / torch.outer(d, d)
 
 
-def validity_metrics(r: Tensor, loadings: Tensor, psi: Tensor) -> Metrics:
+def validity_metrics(r: Tensor, loadings: Tensor, psi: Tensor, phi: Optional[Tensor] = None) -> Metrics:
     """Compute every metric over the live channels from ``R`` [c, c], ``W`` [c, k], ``Psi`` [c].
 
-    The factor residuals ``u = x - W f`` with ``f = B x`` have covariance
-    ``Cu = (I - W B) R (I - W B)^T``, so no data matrix is needed.
+    For an oblique rotation, ``loadings`` is the pattern ``Λ`` and ``phi`` the factor correlations
+    ``Φ`` [k, k]: communalities are ``diag(Λ Φ Λᵀ)``, the model covariance ``Λ Φ Λᵀ + Ψ``, the
+    variance of factor ``j`` is ``(Φ Λᵀ Λ)_jj`` (psych's "SS loadings" of an oblique solution) and
+    the factor scores are the regression scores ``Φ Λᵀ Σ⁻¹ x``. With ``phi=None`` (orthogonal
+    factors) these reduce to ``sum_k W_jk^2``, ``W Wᵀ + Ψ``, ``sum_j W_jk^2`` and scikit-learn's
+    ``transform``. The factor residuals ``u = x - Λ f`` with ``f = B x`` have covariance
+    ``Cu = (I - Λ B) R (I - Λ B)^T``, so no data matrix is needed; ``Λ B`` does not depend on
+    the rotation, so D1, D>, Res, R² and the log-likelihood do not either.
     """
     r = r.to(torch.float64)
     w = loadings.to(torch.float64)
     psi = psi.to(torch.float64)
     c = r.shape[0]
-    h2 = (w**2).sum(1)
+    if phi is None:
+        common = w @ w.T
+        fvar = (w**2).sum(0)
+        b = score_weights(w, psi)
+    else:
+        phi = phi.to(torch.float64)
+        common = w @ phi @ w.T
+        fvar = torch.diagonal(phi @ w.T @ w)
+        sigma = common + torch.diag(psi)
+        b = torch.linalg.solve(sigma, w @ phi).T
+    h2 = torch.diagonal(common).clone()
     var_x = torch.diagonal(r)
     gamma2 = h2 / var_x
 
-    b = score_weights(w, psi)
     m = torch.eye(c, dtype=r.dtype, device=r.device) - w @ b
     cu = m @ r @ m.T
     diag_cu = torch.diag(torch.diagonal(cu))
@@ -88,7 +125,7 @@ def validity_metrics(r: Tensor, loadings: Tensor, psi: Tensor) -> Metrics:
     off = torch.linalg.norm(cu - diag_cu)
     d_greater = float(torch.linalg.norm(diag_cu) / off) if off > 0 else math.inf
 
-    v = w @ w.T + torch.diag(psi)
+    v = common + torch.diag(psi)
     cv = _corr_from_cov(v)
     s = _corr_from_cov(r)
     resid = s - cv
@@ -98,7 +135,6 @@ def validity_metrics(r: Tensor, loadings: Tensor, psi: Tensor) -> Metrics:
     logdet_psi = torch.log(psi).sum()
     r2 = float(1.0 - torch.exp((logdet_psi - logdet_v) / c))
 
-    fvar = (w**2).sum(0)
     prop = fvar / c
     return Metrics(
         communalities=h2,
@@ -115,5 +151,5 @@ def validity_metrics(r: Tensor, loadings: Tensor, psi: Tensor) -> Metrics:
         proportional_variance=prop,
         cumulative_variance=torch.cumsum(prop, 0),
         total_variance_explained=float(h2.sum() / var_x.sum()),
-        loglike=loglikelihood(r, w, psi),
+        loglike=_loglike(r, v),
     )
