@@ -229,7 +229,8 @@ equal, 0.85–0.95 fair, below 0.85 not replicable).
 """),
     code("""
 obl = LayerFactorAnalysis(model, layer).fit(x_all, n_factors=lfa.n_factors_, rotation="promax", stability=True, progress=False)
-print("factor correlations phi:\n", np.round(obl.phi_.numpy(), 2))
+print("factor correlations phi:")
+print(np.round(obl.phi_.numpy(), 2))
 print(obl.stability_.summary())
 """),
     md("""

@@ -517,8 +517,15 @@ class LayerFactorAnalysis(LayerAttribution):
         ]
         if len(self.heywood_channels_):
             lines.append(f"  Heywood channels (uniqueness at its bound): {self.heywood_channels_.tolist()}")
-        if self.stability_ is not None:
-            lines.append(f"  stability: {self.stability_.summary()}")
+        st = self.stability_
+        if st is not None:
+            bad = [j for j, ok in enumerate(st.replicable.tolist()) if not ok]
+            lines.append(
+                f"  stability (split halves of {st.n_images_a} and {st.n_images_b} images): "
+                f"{len(st.replicable) - len(bad)} of {len(st.replicable)} factors replicable "
+                f"(Tucker congruence >= {st.threshold}); min {float(st.congruence.min()):.3f}"
+                + (f"; not replicable: {bad}" if bad else "")
+            )
         for c in self.cautions_:
             lines.append(f"  caution ({c.kind}): {c.message}")
         return "\n".join(lines)
