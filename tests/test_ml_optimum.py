@@ -182,7 +182,7 @@ def test_ml_fit_at_least_as_likely_as_sklearn_and_kkt(scan_cases, name):
     assert res.loglike >= sk - 1e-8 * abs(sk), (name, res.loglike, sk, res.start_loglikes)
     assert res.converged, (name, res.projected_gradient)
     assert res.projected_gradient <= KKT_TOL
-    assert res.n_starts >= 7 and len(res.start_loglikes) == res.n_starts
+    assert res.n_starts >= 6 and len(res.start_loglikes) == res.n_starts
     # the starts' values come from the profile objective, loglike from slogdet/solve of Sigma:
     # with a uniqueness ~1e-10 Sigma's condition number makes them differ in the 7th digit
     ill = float(res.uniquenesses.min()) < 1e-6

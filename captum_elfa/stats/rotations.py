@@ -395,11 +395,34 @@ def _newton(
     return T, f, s, steps
 
 
+def _svd_iteration(prob: _Problem, T: np.ndarray, gamma: float, tol: float, max_iter: int) -> tuple[np.ndarray, int]:
+    """Kaiser's (Horst's) SVD iteration for the orthomax family, ``T = U V^T`` of the SVD of
+    ``A^T (L^3 - gamma L diag(mean L^2))`` (varimax: gamma = 1, quartimax: 0; scikit-learn's
+    update), run until the GPA projected gradient falls below ``tol``: each step costs one k x k
+    SVD and it converges in far fewer steps than gradient projection on wide layers."""
+    A = prob.A
+    it = 0
+    for it in range(1, max_iter + 1):
+        L = A @ T
+        u, _, vt = np.linalg.svd(A.T @ (L**3 - gamma * L * (L**2).mean(0, keepdims=True)))
+        T = u @ vt
+        if it % 5 == 0:
+            _, G = prob.value_grad(T)
+            if float(np.linalg.norm(prob.proj(T, G))) < tol:
+                break
+    return T, it
+
+
 def _minimise(A: np.ndarray, crit: _Criterion, oblique: bool, tol: float, max_iter: int):
-    """GPA to a loose tolerance, Newton polish, then GPA again if the polish did not reach tol."""
+    """(Orthomax: SVD iterations, then) GPA to a loose tolerance, Newton polish, then GPA again if
+    the polish did not reach tol."""
     prob = _Problem(A, crit, oblique)
     T = np.eye(A.shape[1])
+    it0 = 0
+    if not oblique and crit in (_varimax, _quartimax):
+        T, it0 = _svd_iteration(prob, T, 1.0 if crit is _varimax else 0.0, max(tol, 1e-5), min(max_iter, 5000))
     T, conv, it, f, s, _ = _gpa(prob, T, max(tol, 1e-5), max_iter)
+    it += it0
     if s >= tol:
         T, f, s, nn = _newton(prob, T, f, s, tol)
         it += nn
