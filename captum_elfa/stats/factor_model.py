@@ -345,6 +345,8 @@ def ml_factor_analysis(
     n_random_starts: int = 2,
     tol: float = KKT_TOL,
     psi_floor: float = PSI_FLOOR,
+    init: Optional[Tensor] = None,
+    n_refine: Optional[int] = None,
 ) -> MLResult:
     r"""Maximum-likelihood factor analysis of a correlation matrix, from several starts.
 
@@ -375,6 +377,10 @@ def ml_factor_analysis(
         tol (float): KKT tolerance on the projected gradient in ``log Psi``.
         psi_floor (float): lower bound of a uniqueness relative to ``R_ii`` (1e-12, as
                     scikit-learn): low enough for near-duplicate channels.
+        init (Tensor, optional): uniquenesses [C] to try first (a warm start, e.g. the solution
+                    of the same model on all the data when fitting half of it).
+        n_refine (int, optional): how many of the screened starts are refined (default: 3, or
+                    every start up to 32 variables).
 
     Returns:
         MLResult: unrotated loadings, uniquenesses, mean log-likelihood per sample, the KKT
@@ -401,6 +407,11 @@ def ml_factor_analysis(
     large = c > _LARGE_C
     prof = _Profile(rn, k, psi_floor, iterative=large)
     starts = _starts(rn, k, n_random_starts, np.random.default_rng(random_state))
+    if init is not None:
+        if init.shape != (c,):
+            raise CaptumElfaError(f"init must hold {c} uniquenesses, got shape {tuple(init.shape)}")
+        d0 = np.diag(rn)
+        starts.insert(0, np.log(np.clip(init.detach().to(torch.float64).cpu().numpy(), psi_floor * d0, d0)))
     n_iter = 0
     gtol = min(tol, 1e-9) if not large else tol * 1e-2
     # every start runs a short screening pass; the three best are refined to the KKT tolerance
@@ -410,7 +421,8 @@ def ml_factor_analysis(
         x, f, it = _lbfgsb(prof, x0, _SCREEN_ITER, gtol)
         n_iter += it
         screened.append((f, x))
-    n_refine = len(starts) if c <= _REFINE_ALL_C else _N_REFINE
+    if n_refine is None:
+        n_refine = len(starts) if c <= _REFINE_ALL_C else _N_REFINE
     order = np.argsort([s[0] for s in screened], kind="stable")[:n_refine]
     to_refine = [(int(i), screened[i][1]) for i in order]
     finals: List[Tuple[float, int, np.ndarray]] = []

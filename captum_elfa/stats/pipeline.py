@@ -74,10 +74,25 @@ class FactorSolution:
 
 
 def factor_solution(
-    r: Tensor, k: int, rotation: Optional[str], rotation_kwargs: Dict[str, Any], random_state: Optional[int] = 0
+    r: Tensor,
+    k: int,
+    rotation: Optional[str],
+    rotation_kwargs: Dict[str, Any],
+    random_state: Optional[int] = 0,
+    init: Optional[Tensor] = None,
 ) -> FactorSolution:
-    """Multi-start ML fit of ``k`` factors to the correlation matrix ``r``, then the rotation."""
-    fm = ml_factor_analysis(r, k, random_state=0 if random_state is None else random_state)
+    """Multi-start ML fit of ``k`` factors to the correlation matrix ``r``, then the rotation.
+
+    With ``init`` (the uniquenesses of the same model fitted on all the data, for a half of the
+    images) that warm start joins the usual starts and only the best screened start is refined.
+    """
+    fm = ml_factor_analysis(
+        r,
+        k,
+        random_state=0 if random_state is None else random_state,
+        init=init,
+        n_refine=None if init is None else 1,
+    )
     w0, psi = fm.loadings, fm.uniquenesses
     b0 = score_weights(w0, psi)  # W0ᵀ Σ⁻¹ in the stable (I + Wᵀ Ψ⁻¹ W)⁻¹ Wᵀ Ψ⁻¹ form
     rot: Rotation = orient(rotate(w0, rotation, **rotation_kwargs) if k > 1 else rotate(w0, None))
@@ -281,8 +296,9 @@ def fit_elfa(
                 "heywood",
                 f"Heywood case: at the likelihood optimum with {k} factors, channels {heywood.tolist()} "
                 "have uniqueness at its lower bound: the common factors reproduce them entirely "
-                "(communality 1). The optimum lies on the boundary of the parameter space, so these "
-                "channels' loadings are less certain than the others'",
+                "(communality 1). The optimum lies on the boundary of the parameter space, where the "
+                "usual asymptotic theory of maximum-likelihood estimates (standard errors, tests) does "
+                "not hold; it is a property of the data, not of the optimiser (see heywood_channels_)",
             )
         )
     need = min_images(c_live, k)
@@ -301,7 +317,7 @@ def fit_elfa(
     adq = adequacy(r, n)
     stability = None
     if halves is not None:
-        stability = _stability(halves, live, k, rotation, rkw, sol.loadings, random_state, cautions)
+        stability = _stability(halves, live, k, rotation, rkw, sol, random_state, cautions)
     wts = torch.zeros(k, c, dtype=torch.float64)
     wts[:, live] = sol.weights / sd[None, :]
     std = torch.sqrt(torch.clamp(torch.diagonal(comoment) / n, min=0))
@@ -354,11 +370,12 @@ def _stability(
     k: int,
     rotation: Optional[str],
     rkw: Dict[str, Any],
-    full_loadings: Tensor,
+    full: FactorSolution,
     random_state: Optional[int],
     cautions: List[Caution],
 ) -> Optional[Stability]:
     ma, mb, na, nb = halves
+    full_loadings, full_uniquenesses = full.loadings, full.uniquenesses
     fits = []
     for m in (ma, mb):
         if m.n <= live.numel():
@@ -379,7 +396,7 @@ def _stability(
                 )
             )
             return None
-        fits.append(factor_solution(r_half, k, rotation, rkw, random_state).loadings)
+        fits.append(factor_solution(r_half, k, rotation, rkw, random_state, init=full_uniquenesses).loadings)
     st = split_half_stability(full_loadings, fits[0], fits[1], na, nb)
     bad = [j for j, ok in enumerate(st.replicable.tolist()) if not ok]
     if bad:
