@@ -19,7 +19,10 @@ gradient-projection algorithm (Jennrich 2001, 2002; Bernaards & Jennrich 2005, G
 below ``tol`` (default 1e-8). When the sufficient-decrease test of the line search asks for a decrease
 smaller than the rounding error of ``Q`` (near the optimum, where GPArotation's default ``eps=1e-5``
 never goes), a step is accepted instead when ``Q`` does not rise beyond rounding and the projected
-gradient shrinks. Only ``max_iter`` iterations without convergence give ``converged=False``.
+gradient shrinks. Varimax and quartimax start with Kaiser's SVD iteration (scikit-learn's update,
+much faster on wide layers) until the projected gradient is below 1e-5; every method then takes
+Riemannian Newton steps and, if needed, gradient projection again down to ``tol``. Only
+``max_iter`` iterations without convergence give ``converged=False``.
 Promax (Hendrickson & White 1964) is a converged varimax followed by the least-squares fit of the
 power target ``L |L|^(power-1)`` and a rescaling to unit factor variances, as factor_analyzer 0.5.1's
 ``Rotator._promax`` (and R's ``stats::promax``).
