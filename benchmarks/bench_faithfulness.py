@@ -29,36 +29,14 @@ import warnings
 
 import numpy as np
 import torch
-from torch import nn
 
 from captum_elfa import GradCAM, Gradient, LayerFactorAnalysis, analyze
+from captum_elfa.demo import load_digits_tensors, train_digits_cnn
 from captum_elfa.metrics import auc, deletion_curve, insertion_curve
 
 
-class DigitsCNN(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.relu2 = nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.conv3 = nn.Conv2d(32, 32, 3, padding=1)
-        self.relu3 = nn.ReLU()
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.pool(self.relu2(self.conv2(self.relu1(self.conv1(x)))))
-        return self.fc(self.gap(self.relu3(self.conv3(h))).flatten(1))
-
-
 def load(n_test: int, seed: int) -> tuple:
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
-    y = torch.tensor(d.target, dtype=torch.long)
+    x, y = load_digits_tensors()
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     test, train = perm[:n_test], perm[n_test:]
     return x[train], y[train], x[test], y[test]
@@ -66,19 +44,11 @@ def load(n_test: int, seed: int) -> tuple:
 
 def train(xtr: torch.Tensor, ytr: torch.Tensor, epochs: int, seed: int) -> tuple:
     """A fixed number of epochs (deterministic under the seed; a few seconds on 2 cores)."""
-    torch.manual_seed(seed)
-    model = DigitsCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
-    for _ in range(epochs):
-        model.train()
-        for idx in torch.randperm(len(ytr), generator=g).split(64):
-            opt.zero_grad()
-            loss = nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
-            loss.backward()
-            opt.step()
-    return model.eval(), time.perf_counter() - start
+    model = train_digits_cnn(
+        epochs, seed=seed, depth=3, x=xtr, y=ytr, lr=3e-3, batch_size=64, shuffle_seed=seed, num_threads=None
+    ).model
+    return model, time.perf_counter() - start
 
 
 def run(seed: int, args: argparse.Namespace) -> dict:

@@ -49,12 +49,14 @@ RATIOS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 
 def image_pool(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
     """``n`` images [n, 3, size, size], a shuffled mix of photo crops, digits and smooth noise."""
-    from sklearn.datasets import load_digits, load_sample_images
+    from sklearn.datasets import load_sample_images
+
+    from captum_elfa.demo import load_digits_tensors
 
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     photos = [torch.tensor(im, dtype=torch.float32).permute(2, 0, 1) / 255.0 for im in load_sample_images().images]
-    digits = torch.tensor(load_digits().images, dtype=torch.float32)[:, None] / 16.0
+    digits = load_digits_tensors()[0]
     out = torch.empty(n, 3, size, size)
     kinds = rng.integers(0, 3, n)
     for i in range(n):
