@@ -313,8 +313,10 @@ def test_bad_analyzers_and_arguments(model, x):
         analyze(x, NoiseAugmentation(Gradient(model), 2, torch.distributions.Normal(torch.zeros(2), 1.0)))
     with pytest.raises(CaptumElfaError, match="dtype torch.int64"):
         analyze(torch.ones(2, 1, 8, 8, dtype=torch.long), Gradient(model))
-    with pytest.raises(CaptumElfaError, match="must be a torch.Tensor"):
+    with pytest.raises(CaptumElfaError, match=r"numpy ndarray; convert it, e.g. torch.from_numpy\(x\).float\(\)"):
         analyze(x.numpy(), Gradient(model))
+    with pytest.raises(CaptumElfaError, match="must be a torch.Tensor"):
+        analyze([[0.0]], Gradient(model))
     with pytest.raises(CaptumElfaError, match="layer map has shape"):
         analyze(x, GradCAM(model, model.fc))
 
@@ -345,11 +347,13 @@ def test_model_and_inputs_unchanged(x):
         NoiseAugmentation(GradCAM(model, model.conv2), 2, 0.1),
         InterpolationAugmentation(InputTimesGradient(model), 3),
     ]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no "did not already require gradients" warning either
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # no "did not already require gradients" warning either
         for a in analyzers + [Saliency(model)]:
             for inp in (y, z):
                 analyze(inp, a)
+    # the train-mode model is explained in eval mode, and says so; no other warning
+    assert caught and all("is in training mode; analyze runs it in eval mode" in str(w.message) for w in caught)
     assert [m.training for m in model.modules()] == flags
     assert [p.requires_grad for p in model.parameters()] == grads
     assert all(p.grad is None for p in model.parameters())

@@ -135,9 +135,17 @@ def test_errors(model, x150):
         compare_layers(model, [model.relu1], x150, target=12, progress=False)
     shared = nn.ReLU()
     twice = nn.Sequential(nn.Conv2d(1, 4, 3), shared, nn.Conv2d(4, 4, 3), shared).eval()
-    with pytest.raises(CaptumElfaError, match="2 times"):
-        compare_layers(twice, [shared], x150, pcace=False, progress=False)
+    with pytest.raises(CaptumElfaError, match="call_index=2 is not valid.*called 2 time"):
+        compare_layers(twice, [shared], x150, pcace=False, progress=False, call_index=2)
     assert all(len(m._forward_hooks) == 0 for m in twice.modules())
+    # a module called twice: the last call by default (as Captum's LayerGradCam), or call_index
+    last = compare_layers(twice, [shared], x150, pcace=False, progress=False, n_factors=1)
+    first = compare_layers(twice, {"s": shared}, x150, pcace=False, progress=False, n_factors=1, call_index=0)
+    with torch.no_grad():
+        a0 = twice[1](twice[0](x150))
+        a1 = twice[1](twice[2](a0))
+    torch.testing.assert_close(last.elfa["1"].mean_, a1.double().mean((0, 2, 3)), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(first.elfa["s"].mean_, a0.double().mean((0, 2, 3)), rtol=1e-6, atol=1e-8)
 
 
 def test_dataloader_and_uneven_batches_match_tensor(model, x150, comparison):

@@ -308,15 +308,35 @@ def test_shared_module_called_twice(x200):
     class Twice(nn.Module):
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(1, 1, 1)
+            torch.manual_seed(0)
+            self.conv1 = nn.Conv2d(1, 6, 3)
+            self.conv2 = nn.Conv2d(6, 6, 3)
             self.act = nn.Tanh()
 
         def forward(self, x):
-            return self.act(self.conv(self.act(x)))
+            return self.act(self.conv2(self.act(self.conv1(x))))
 
     model = Twice().eval()
-    with pytest.raises(CaptumElfaError, match="called 2 times"):
-        LayerFactorAnalysis(model, model.act).fit(x200, progress=False)
+    seen = []
+    h = model.act.register_forward_hook(lambda m, i, o: seen.append(o.detach().double()))
+    with torch.no_grad():
+        model(x200)
+    h.remove()
+    assert len(seen) == 2
+    for call_index, ref in ((-1, seen[1]), (1, seen[1]), (0, seen[0]), (-2, seen[0])):
+        lfa = LayerFactorAnalysis(model, model.act, call_index=call_index)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lfa.fit(x200, n_factors=1, progress=False, batch_size=64)
+        assert lfa.activation_shape_ == tuple(ref.shape[1:])
+        torch.testing.assert_close(lfa.mean_, ref.mean((0, 2, 3)), rtol=1e-6, atol=1e-8)
+    default = LayerFactorAnalysis(model, model.act)  # the last call, as Captum's layer attributions
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        default.fit(x200, n_factors=1, progress=False)
+    torch.testing.assert_close(default.mean_, seen[1].mean((0, 2, 3)), rtol=1e-6, atol=1e-8)
+    with pytest.raises(CaptumElfaError, match="call_index=2 is not valid.*called 2 time"):
+        LayerFactorAnalysis(model, model.act, call_index=2).fit(x200, progress=False)
 
 
 def test_progress_bar_goes_to_stderr_not_stdout(x200, capsys):

@@ -16,6 +16,7 @@ import warnings
 import pytest
 import torch
 import torchvision
+from captum.attr import LayerActivation
 from torch import nn
 
 from captum_elfa import CaptumElfaError, LayerFactorAnalysis, NeuronPCACE
@@ -88,8 +89,23 @@ def test_inplace_ops_in_torchvision_resnet():
         true_mean = seen[name].double().mean((0, 2, 3))
         assert float(true_mean.min()) < 0  # a post-ReLU tensor would have no negative means
         torch.testing.assert_close(lfa.mean_, true_mean, rtol=1e-5, atol=1e-7)
-    with pytest.raises(CaptumElfaError, match="called 2 times"):
-        LayerFactorAnalysis(model, model.layer1[0].relu).fit(x, progress=False)
+    # BasicBlock.relu runs twice per forward pass: the last call by default (Captum's LayerGradCam
+    # uses the last call too), the first with call_index=0; each before later in-place changes
+    calls = []
+    h = model.layer1[0].relu.register_forward_hook(lambda m, i, o: calls.append(o.detach().clone()))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    assert len(calls) == 2
+    for kw, ref in (({}, calls[1]), ({"call_index": 0}, calls[0])):
+        before = model_state(model)
+        lfa = LayerFactorAnalysis(model, model.layer1[0].relu, **kw).fit(x, n_factors=3, progress=False, batch_size=4)
+        assert_same_state(before, model_state(model))
+        torch.testing.assert_close(lfa.mean_, ref.double().mean((0, 2, 3)), rtol=1e-5, atol=1e-7)
+    # Captum's layer methods (LayerGradCam's machinery) read the last call too
+    torch.testing.assert_close(LayerActivation(model, model.layer1[0].relu).attribute(x), calls[1], rtol=0, atol=0)
+    with pytest.raises(CaptumElfaError, match="call_index=2 is not valid"):
+        LayerFactorAnalysis(model, model.layer1[0].relu, call_index=2).fit(x, progress=False)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

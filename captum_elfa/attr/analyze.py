@@ -9,14 +9,14 @@ see :func:`captum_elfa.heatmap`).
 from __future__ import annotations
 
 import numbers
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from captum_elfa._capture import format_additional_args, model_device, model_guard
 from captum_elfa._validation import CaptumElfaError, check_choice
 from captum_elfa.attr.analyzers import (
     EFAM,
@@ -88,6 +88,10 @@ class Explanation:
 # -- checks ------------------------------------------------------------------------------------
 def _check_inputs(inputs: Any) -> Tensor:
     if not isinstance(inputs, Tensor):
+        if type(inputs).__module__ == "numpy":
+            raise CaptumElfaError(
+                f"inputs is a numpy {type(inputs).__name__}; convert it, e.g. torch.from_numpy(x).float()"
+            )
         raise CaptumElfaError(
             f"inputs must be a torch.Tensor with the batch in dimension 0, got {type(inputs).__name__}"
         )
@@ -99,6 +103,7 @@ def _check_inputs(inputs: Any) -> Tensor:
     if not inputs.is_floating_point():
         raise CaptumElfaError(
             f"inputs has dtype {inputs.dtype}; gradients need a floating-point Tensor, e.g. inputs.float()"
+            + (" / 255 for uint8 image bytes" if inputs.dtype == torch.uint8 else "")
         )
     finite = torch.isfinite(inputs)
     if not bool(finite.all()):
@@ -175,31 +180,18 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _root_module(model: Any) -> Optional[nn.Module]:
-    if isinstance(model, nn.Module):
-        return model
-    owner = getattr(model, "__self__", None)  # a bound method such as model.forward
-    return owner if isinstance(owner, nn.Module) else None
-
-
-@contextmanager
-def _preserved_model_state(model: Any) -> Iterator[None]:
-    """Restore the training and ``requires_grad`` flags of every module and parameter."""
-    root = _root_module(model)
-    if root is None:
-        yield
-        return
-    training = [(m, m.training) for m in root.modules()]
-    requires_grad = [(p, p.requires_grad) for p in root.parameters()]
-    try:
-        yield
-    finally:
-        for m, flag in training:
-            if m.training != flag:
-                m.train(flag)
-        for p, flag in requires_grad:
-            if p.requires_grad != flag:
-                p.requires_grad_(flag)
+def _analyzer_layers(an: Any) -> List[nn.Module]:
+    """The layers an analyzer hooks (GradCAM, EFAM, wrapped analyzers, Captum layer methods)."""
+    out: List[nn.Module] = []
+    seen = 0
+    while an is not None and seen < 8:
+        seen += 1
+        for holder in (an, getattr(an, "lfa", None), getattr(an, "method", None)):
+            layer = getattr(holder, "layer", None)
+            if isinstance(layer, nn.Module):
+                out.append(layer)
+        an = getattr(an, "analyzer", None)
+    return out
 
 
 # -- analyze -----------------------------------------------------------------------------------
@@ -214,9 +206,15 @@ def analyze(
 
     The model runs once (without gradients) to give ``Explanation.output``; the explained
     output of each sample is its top output unless ``target`` says otherwise. The attribution
-    itself is Captum's. The model is left as it was: Captum removes its hooks, and the training
-    and ``requires_grad`` flags of every module and parameter are restored; ``inputs`` is not
-    modified (its ``requires_grad`` and ``grad`` are untouched).
+    itself is Captum's. The model always runs in eval mode (dropout off, batch-norm running
+    statistics): a model in training mode gets a ``UserWarning`` and is explained as it predicts,
+    then put back in training mode (gradients of a training-mode model, with its batch-dependent
+    batch norm, are Captum's own: call the Captum method directly for those). The model is left
+    as it was (:func:`captum_elfa._capture.model_guard`): Captum removes its hooks, and the
+    training flags, ``requires_grad`` flags and buffers (BatchNorm running statistics) are
+    restored, also when the analyzer raises; ``inputs`` is not modified (its ``requires_grad``
+    and ``grad`` are untouched). Inputs and extra Tensor arguments are moved to the model's
+    device.
 
     Args:
         inputs (Tensor): a batch ``(N, ...)`` of finite floating-point inputs.
@@ -252,12 +250,19 @@ def analyze(
     """
     an = as_analyzer(analyzer, **attribute_kwargs)
     x = _check_inputs(inputs).detach()
-    if additional_forward_args is not None and not isinstance(additional_forward_args, tuple):
-        additional_forward_args = (additional_forward_args,)
+    layers = _analyzer_layers(an)
+    device = model_device(an.model, layers[0] if layers else None)
+    if device is not None and x.device != device:
+        x = x.to(device)
+    if additional_forward_args is not None:
+        additional_forward_args = tuple(
+            a.to(device) if device is not None and isinstance(a, Tensor) and a.device != device else a
+            for a in format_additional_args(additional_forward_args)
+        )
     an._validate(x)
     n_samples = x.shape[0]
     extras: Dict[str, Any] = {}
-    with _preserved_model_state(an.model):
+    with model_guard(an.model, layers, what="analyze", stacklevel=4):
         with torch.no_grad():
             output = an.model(x, *(additional_forward_args or ()))
         output = _check_output(output, n_samples).detach()

@@ -9,24 +9,17 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from captum_elfa._capture import (
-    Inputs,
-    _layer_name,
-    check_activation_shape,
-    format_additional_args,
-    iter_batches,
-    model_device,
-)
-from captum_elfa._progress import n_batches as _n_batches
+from captum_elfa._capture import Inputs, LayerCapture, TokenGrid, iter_batches_with_args, layer_name
+from captum_elfa._progress import n_batches as count_batches
 from captum_elfa._progress import progress_bar
-from captum_elfa._validation import CaptumElfaError, check_choice
-from captum_elfa.attr.layer_factor_analysis import LayerFactorAnalysis
-from captum_elfa.attr.neuron_pcace import MIN_IMAGES, NeuronPCACE, _ActivationStore, _select_target, pcace_statistics
+from captum_elfa._validation import CaptumElfaError, check_bool, check_choice, check_int, is_int
+from captum_elfa.attr.layer_factor_analysis import N_FACTORS_METHODS, LayerFactorAnalysis
+from captum_elfa.attr.neuron_pcace import MIN_IMAGES, pcace_statistics
 from captum_elfa.stats.moments import RunningMoments
 from captum_elfa.stats.nfactors import NFactorsSpec
 from captum_elfa.stats.rotations import ROTATIONS
@@ -166,7 +159,7 @@ def _resolve_layers(model: Callable, layers: LayersArg) -> List[Tuple[str, nn.Mo
             if not isinstance(name, str):
                 raise CaptumElfaError(f"layer names must be str, got {type(name).__name__} {name!r}")
     elif isinstance(layers, (list, tuple)):
-        items = [(_layer_name(model, m) if isinstance(m, nn.Module) else "", m) for m in layers]
+        items = [(layer_name(model, m) if isinstance(m, nn.Module) else "", m) for m in layers]
     else:
         raise CaptumElfaError(
             f"layers must be a dict {{name: module}} or a list of modules, got {type(layers).__name__}"
@@ -187,6 +180,81 @@ def _resolve_layers(model: Callable, layers: LayersArg) -> List[Tuple[str, nn.Mo
     return items
 
 
+def _check_n_factors(n_factors: Any) -> None:
+    valid = f"use an int >= 1, one of {list(N_FACTORS_METHODS)} or a float in (0, 1)"
+    if is_int(n_factors):
+        if int(n_factors) < 1:
+            raise CaptumElfaError(f"n_factors={n_factors} is not valid; {valid}")
+    elif isinstance(n_factors, str):
+        check_choice("n_factors", n_factors, N_FACTORS_METHODS)
+    elif not (isinstance(n_factors, float) and 0.0 < n_factors < 1.0):
+        raise CaptumElfaError(f"n_factors={n_factors!r} is not valid; {valid}")
+
+
+def _check_target(target: Any) -> None:
+    if target is None or (callable(target) and not isinstance(target, int)) or is_int(target):
+        return
+    raise CaptumElfaError(
+        f"target={target!r} is not valid; pass a class index (int), None for a network with one output "
+        "per image, or a callable mapping the output to a Tensor [N]"
+    )
+
+
+def target_scores(output: Any, target: Target, n: int, index: int = 0) -> Tensor:
+    """The explained score of every image of a batch, float64 ``[n]`` (PCACE's target rule:
+    a class index of an ``(N, K)`` output, a callable, or None for one output per image)."""
+    if callable(target) and not isinstance(target, int):
+        y = target(output)
+        if not isinstance(y, Tensor):
+            raise CaptumElfaError(f"target callable returned a {type(y).__name__}; it must return a Tensor [N]")
+        y = y.reshape(y.shape[0], -1)[:, 0] if y.dim() == 2 and y.shape[1] == 1 else y
+        if y.dim() != 1 or y.shape[0] != n:
+            raise CaptumElfaError(
+                f"target callable returned shape {tuple(y.shape)} for batch {index} of {n} images; "
+                f"it must return a Tensor [{n}]"
+            )
+        return y.detach().to(torch.float64)
+    if not isinstance(output, Tensor) or output.dim() == 0 or output.shape[0] != n:
+        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise CaptumElfaError(
+            f"the model output is {shape} for batch {index} of {n} images; expected a Tensor with the batch "
+            "first, or pass target as a callable mapping the output to a Tensor [N]"
+        )
+    flat = output.detach().reshape(n, -1)
+    k = flat.shape[1]
+    if target is None:
+        if k != 1:
+            raise CaptumElfaError(
+                f"target=None needs one output per image, but the output has shape {tuple(output.shape)}; "
+                f"pass a class index 0..{k - 1} or a callable"
+            )
+        return flat[:, 0].to(torch.float64)
+    t = int(target)
+    if output.dim() != 2 or not 0 <= t < k:
+        raise CaptumElfaError(
+            f"target={t} is out of range or not valid for an output of shape {tuple(output.shape)}; choose a class index "
+            f"in [0, {k - 1}] of an (N, K) output, or a callable"
+        )
+    return flat[:, t].to(torch.float64)
+
+
+class _Activations:
+    """A layer's activations for PCACE: float32 ``[C, N, H*W]`` (the input of ``pcace_statistics``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.parts: List[Tensor] = []
+
+    def add(self, a: Tensor) -> None:
+        b, c, h, w = a.shape
+        self.parts.append(a.detach().reshape(b, c, h * w).transpose(0, 1).to(torch.float32, copy=True))
+
+    def result(self) -> Tensor:
+        out = torch.cat(self.parts, dim=1)
+        self.parts = []
+        return out
+
+
 def compare_layers(
     model: Callable,
     layers: LayersArg,
@@ -200,24 +268,28 @@ def compare_layers(
     n_components: int = 1,
     additional_forward_args: Any = None,
     random_state: Optional[int] = 0,
+    *,
+    channel_dim: Union[None, int, Mapping[str, Optional[int]]] = None,
+    token_grid: Union[TokenGrid, Mapping[str, TokenGrid]] = None,
+    drop_tokens: Union[int, Mapping[str, int]] = 0,
+    call_index: Union[int, Mapping[str, int]] = -1,
 ) -> LayerComparison:
     r"""ELFA and PCACE summaries of several layers of one network, from one pass over the data.
 
-    Forward hooks on every layer stream each layer's channel moments (float64, memory O(C^2))
-    for a :class:`~captum_elfa.LayerFactorAnalysis` per layer and, for PCACE, keep each layer's
-    activations (float32, ``C*N*H*W`` per layer) and the explained output. The model runs once
-    per batch, in eval mode and without gradients; afterwards the hooks are removed and the
-    training and ``requires_grad`` flags of every module and parameter are restored, also when a
-    batch raises. Each layer's results equal those of a separate
-    ``LayerFactorAnalysis(model, layer).fit(inputs, ...)`` and
-    ``NeuronPCACE(model, layer).attribute(inputs, target, ...)`` (this process's inputs only:
-    ``torch.distributed`` is not used).
+    A composition of public pieces: one :class:`~captum_elfa._capture.LayerCapture` hooks every
+    layer (the model runs once per batch, in eval mode and without gradients, and is restored
+    afterwards, also when a batch raises); each layer's activations stream into a
+    :class:`~captum_elfa.stats.moments.RunningMoments` (float64, memory O(C^2)) that
+    :meth:`LayerFactorAnalysis.fit_moments` fits, and, for PCACE, are kept (float32,
+    ``C*N*H*W`` per layer) for :func:`~captum_elfa.attr.neuron_pcace.pcace_statistics`. Each
+    layer's results equal those of a separate ``LayerFactorAnalysis(model, layer).fit(inputs,
+    ...)`` and ``NeuronPCACE(model, layer).attribute(inputs, target, ...)`` (this process's inputs
+    only: ``torch.distributed`` is not used).
 
     Args:
         model (Callable or nn.Module): the model, or any function running it.
         layers (dict or list): ``{name: module}``, or a list of modules (named by their path in
-                    ``model``). Each layer must run once per forward pass and output
-                    ``(N, C, H, W)`` or ``(N, C)``.
+                    ``model``). Any layout is accepted (see ``channel_dim``).
         inputs (Tensor, iterable of Tensors or DataLoader): the images (at least 10 for PCACE).
         target (int, None or Callable): PCACE's explained output, as in
                     :meth:`NeuronPCACE.attribute`: a class index of an ``(N, K)`` output, a
@@ -231,16 +303,21 @@ def compare_layers(
         batch_size (int): chunk size when ``inputs`` is a Tensor. Default: 64.
         rotation (str or None): ``"varimax"``, ``"quartimax"`` or None. Default: varimax.
         n_components (int): PCACE principal components per channel. Default: 1.
-        additional_forward_args (Any, optional): extra model arguments, as in Captum.
+        additional_forward_args (Any, optional): extra model arguments, as in Captum (per-sample
+                    Tensors are cut with the batches, see
+                    :func:`~captum_elfa._capture.iter_batches_with_args`).
         random_state (int, optional): seed of parallel analysis. Default: 0.
+        channel_dim, token_grid, drop_tokens, call_index: the layout of the layers' outputs, as in
+                    :class:`LayerFactorAnalysis`: one value for every layer or a dict by layer
+                    name (keyword-only).
 
     Returns:
         LayerComparison: per-layer rows, the fitted ELFA objects and the PCACE scores.
 
     Raises:
-        CaptumElfaError: for bad layers or arguments, a layer called twice in one forward pass,
-                    non-Tensor or non-finite activations, too few images for PCACE, or a layer
-                    whose factor model cannot be fitted (the message names the layer).
+        CaptumElfaError: for bad layers or arguments, an ambiguous layout, non-Tensor or
+                    non-finite activations, too few images for PCACE, or a layer whose factor
+                    model cannot be fitted (the message names the layer).
 
     Examples::
 
@@ -250,98 +327,51 @@ def compare_layers(
     """
     items = _resolve_layers(model, layers)
     check_choice("rotation", rotation, ROTATIONS)
-    LayerFactorAnalysis._check_n_factors_type(n_factors)
-    if not isinstance(pcace, bool):
-        raise CaptumElfaError(f"pcace must be True or False, got {pcace!r}")
+    _check_n_factors(n_factors)
+    check_bool("pcace", pcace)
     if pcace:
-        NeuronPCACE._check_target_type(target)
-        n_components = NeuronPCACE._check_n_components(n_components)
+        _check_target(target)
+        n_components = check_int("n_components", n_components, minimum=1)
         if isinstance(inputs, Tensor) and inputs.dim() > 0 and inputs.shape[0] < MIN_IMAGES:
             raise CaptumElfaError(
                 f"PCACE needs at least {MIN_IMAGES} images, got {inputs.shape[0]}; pass more images or pcace=False"
             )
     names = [n for n, _ in items]
-    total = int(inputs.shape[0]) if isinstance(inputs, Tensor) and inputs.dim() > 0 else None
     moments = {n: RunningMoments() for n in names}
-    stores = {n: _ActivationStore(total, n, n_components) for n in names} if pcace else {}
+    stores = {n: _Activations(n) for n in names} if pcace else {}
     spatial: Dict[str, tuple] = {}
-    calls = {n: 0 for n in names}
-    state = {"batch": -1, "pcace": pcace}
+    state = {"pcace": pcace}
 
-    def make_hook(name: str) -> Callable:
-        def hook(module: nn.Module, inp: Any, out: Any) -> None:
-            calls[name] += 1
-            if calls[name] > 1:
-                raise CaptumElfaError(
-                    f"layer '{name}' was called {calls[name]} times in one forward pass (a module "
-                    "shared between several places); compare layers that run once per forward pass"
-                )
-            if not isinstance(out, Tensor):
-                raise CaptumElfaError(
-                    f"layer '{name}' returned a {type(out).__name__}, not a Tensor; choose layers "
-                    "whose output is a Tensor of shape (N, C, H, W) or (N, C)"
-                )
-            a = check_activation_shape(out.detach(), name)
-            if name not in spatial:
-                spatial[name] = tuple(a.shape[1:])
-            elif a.shape[1] != spatial[name][0]:
-                raise CaptumElfaError(
-                    f"batch {state['batch']}: layer '{name}' has {a.shape[1]} channels, earlier "
-                    f"batches had {spatial[name][0]}"
-                )
-            moments[name].update(a, state["batch"])
-            if state["pcace"]:
-                stores[name].add(a, state["batch"])
+    def on_output(name: str, a: Tensor, index: int) -> None:
+        if name not in spatial:
+            spatial[name] = tuple(a.shape[1:])
+        elif a.shape[1] != spatial[name][0] or (state["pcace"] and tuple(a.shape[1:]) != spatial[name]):
+            raise CaptumElfaError(
+                f"batch {index}: layer '{name}' output is {tuple(a.shape[1:])} per image, earlier batches "
+                f"gave {spatial[name]}" + ("" if a.shape[1] != spatial[name][0] else " (PCACE needs one shape)")
+            )
+        moments[name].update(a, index)
+        if state["pcace"]:
+            stores[name].add(a)
 
-        return hook
-
-    root_mods: Dict[int, nn.Module] = {}
-    for root in [model] + [m for _, m in items]:
-        if isinstance(root, nn.Module):
-            for m in root.modules():
-                root_mods[id(m)] = m
-    mods = list(root_mods.values())
-    training = [(m, m.training) for m in mods]
-    params: Dict[int, Tensor] = {}
-    for m in mods:
-        for p in m.parameters(recurse=False):
-            params[id(p)] = p
-    requires_grad = [(p, p.requires_grad) for p in params.values()]
-    if isinstance(model, nn.Module) and model.training:
-        warnings.warn(
-            f"{type(model).__name__} is in training mode; compare_layers computes its statistics "
-            "in eval mode (dropout off, batch-norm running statistics) and restores training mode "
-            "afterwards",
-            UserWarning,
-            stacklevel=2,
-        )
-    device = model_device(model, items[0][1])
-    extra = format_additional_args(additional_forward_args)
+    batches = iter_batches_with_args(inputs, batch_size, additional_forward_args)
+    cap = LayerCapture(
+        model,
+        dict(items),
+        on_output,
+        channel_dim=channel_dim,
+        token_grid=token_grid,
+        drop_tokens=drop_tokens,
+        call_index=call_index,
+        what="compare_layers",
+    )
     ys: List[Tensor] = []
-    handles = []
     n_run = 0
-    try:
-        for m in mods:
-            m.eval()
-        for name, mod in items:
-            handles.append(mod.register_forward_hook(make_hook(name)))
-        batches = iter_batches(inputs, batch_size)
-        for i, batch in enumerate(progress_bar(batches, progress, "compare layers", _n_batches(inputs, batch_size))):
-            if not isinstance(batch, Tensor) or batch.shape[0] == 0:
-                raise CaptumElfaError(f"batch {i} is empty or not a Tensor")
-            if device is not None and batch.device != device:
-                batch = batch.to(device, non_blocking=True)
-            for n in names:
-                calls[n] = 0
-            state["batch"] = i
-            with torch.no_grad():
-                output = model(batch, *extra)
-            missing = [n for n in names if calls[n] == 0]
-            if missing:
-                raise CaptumElfaError(
-                    f"layers {missing} were never called by the model's forward pass; choose "
-                    "layers that the forward function actually runs"
-                )
+    with cap:
+        for i, (batch, extra) in enumerate(
+            progress_bar(batches, progress, "compare layers", count_batches(inputs, batch_size))
+        ):
+            output = cap.run(batch, i, extra)
             if state["pcace"]:
                 if i == 0 and target is None and not _one_output(output, batch.shape[0]):
                     warnings.warn(
@@ -353,16 +383,8 @@ def compare_layers(
                     state["pcace"] = False
                     stores.clear()
                 else:
-                    ys.append(_select_target(output, target, batch.shape[0], i))
+                    ys.append(target_scores(output, target, batch.shape[0], i))
             n_run += 1
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in training:
-            m.train(flag)
-        for t, flag in requires_grad:
-            if t.requires_grad != flag:
-                t.requires_grad_(flag)
     if n_run == 0:
         raise CaptumElfaError(
             "inputs yielded no batch (an empty DataLoader or iterable); pass at least one batch of images"
@@ -379,7 +401,15 @@ def compare_layers(
             )
         mom = acc.moments
         assert mom is not None, "n_run > 0 and every layer ran in every batch, so each layer has moments"
-        lfa = LayerFactorAnalysis(model, mod)
+        lay = cap.layouts[name]
+        lfa = LayerFactorAnalysis(
+            model,
+            mod,
+            channel_dim=lay.channel_dim,
+            token_grid=lay.token_grid,
+            drop_tokens=lay.drop_tokens,
+            call_index=lay.call_index,
+        )
         try:
             lfa.fit_moments(
                 mom,
@@ -410,12 +440,17 @@ def compare_layers(
                 f"the target score is constant (every image scores {y[0].item():.6g}, target={target!r}); "
                 "PCACE needs a score that varies over the images (or pass pcace=False)"
             )
+        if n_components > n_images:
+            raise CaptumElfaError(f"n_components={n_components} is larger than the number of images ({n_images})")
         for name in names:
-            acts = stores[name].result()
-            if n_components > n_images:
-                raise CaptumElfaError(f"n_components={n_components} is larger than the number of images ({n_images})")
+            c, h, w = spatial[name]
+            if n_components > h * w:
+                raise CaptumElfaError(
+                    f"n_components={n_components} is larger than the {h * w} pixels ({h}x{w}) of layer "
+                    f"'{name}'; choose 1 <= n_components <= {h * w}"
+                )
+            acts = stores.pop(name).result()  # free each layer's activations once scored
             scores[name] = pcace_statistics(acts, y, n_components, name)[0]
-            del stores[name]  # free the activations early
 
     rows = [_summary_row(name, elfa[name], scores.get(name)) for name in names]
     return LayerComparison(names=names, rows=rows, elfa=elfa, pcace=scores, target_scores=y)

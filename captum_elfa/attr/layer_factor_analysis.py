@@ -12,7 +12,8 @@ from captum.attr import LayerAttribution
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
-from captum_elfa._capture import Inputs, LayerCapture, _layer_name, check_activation_shape, iter_batches
+from captum_elfa._capture import Inputs, LayerCapture, LayerLayout, TokenGrid, iter_batches_with_args
+from captum_elfa._capture import layer_name as _lname
 from captum_elfa._distributed import is_distributed
 from captum_elfa._progress import n_batches as _n_batches
 from captum_elfa._progress import progress_bar
@@ -68,9 +69,25 @@ class LayerFactorAnalysis(LayerAttribution):
 
     Args:
         forward_func (Callable or torch.nn.Module): the model, or any function running it.
-        layer (torch.nn.Module): the layer to explain; its output must be ``(N, C, H, W)`` or
-                    ``(N, C)`` (a linear layer: ``H = W = 1``).
+        layer (torch.nn.Module): the layer to explain. Its output is read as channels at
+                    positions: ``(N, C, H, W)``, ``(N, C)`` (a linear layer: ``H = W = 1``),
+                    ``(N, C, L)``, ``(N, C, D, H, W)``, channels-last ``(N, H, W, C)`` or tokens
+                    ``(N, L, C)`` (see ``channel_dim``). Every position of every image is a sample.
         device_ids (list[int], optional): kept for Captum compatibility (``DataParallel``).
+        channel_dim (int, optional): the dimension of the layer output holding the channels:
+                    ``1`` (channels first) or ``-1`` (channels last: ConvNeXt's Linear layers,
+                    Swin, ViT tokens). None: 1 for 2-D outputs and channels-first modules
+                    (conv, batch norm, pooling); an ambiguous or channels-last-looking output is
+                    refused with a message naming ``channel_dim``. Default: None.
+        token_grid (None, "auto" or (h, w)): for a token output ``(N, L, C)``: put the tokens
+                    (after ``drop_tokens``) on an ``h x w`` grid (``"auto"``: a square), so maps
+                    are ``[N, 1, h, w]`` and upsample onto the image. None: maps
+                    ``[N, 1, L, 1]``. Default: None.
+        drop_tokens (int): leading tokens of a token output left out of the fit and the maps
+                    (ViT's CLS token: 1). Default: 0.
+        call_index (int): the call of a module that runs several times per forward pass
+                    (ResNet's ``BasicBlock.relu``) whose output is used; negative counts from
+                    the end. Default: -1, the last call (as Captum's ``LayerGradCam``).
 
     Examples::
 
@@ -82,12 +99,42 @@ class LayerFactorAnalysis(LayerAttribution):
         >>> up = LayerAttribution.interpolate(efam, images.shape[2:])
         >>> lfa.fit(loader, rotation="oblimin", rotation_kwargs={"normalize": True}, stability=True)
         >>> lfa.phi_, lfa.stability_.congruence
+        >>> vit = LayerFactorAnalysis(model, model.encoder.layers[5], channel_dim=-1,
+        ...                           drop_tokens=1, token_grid="auto")      # maps [N, 1, 14, 14]
+        >>> cnx = LayerFactorAnalysis(model, model.features[5][0].block[3], channel_dim=-1)
     """
 
-    def __init__(self, forward_func: Callable, layer: nn.Module, device_ids: Optional[List[int]] = None) -> None:
+    def __init__(
+        self,
+        forward_func: Callable,
+        layer: nn.Module,
+        device_ids: Optional[List[int]] = None,
+        *,
+        channel_dim: Optional[int] = None,
+        token_grid: TokenGrid = None,
+        drop_tokens: int = 0,
+        call_index: int = -1,
+    ) -> None:
         if not isinstance(layer, nn.Module):
             raise CaptumElfaError(f"layer must be a torch.nn.Module, got {type(layer).__name__}")
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
+        self.layout = LayerLayout(channel_dim, token_grid, drop_tokens, call_index)
+
+    def _capture(self, on_output: Callable[[Tensor, int], None]) -> LayerCapture:
+        lay = self.layout
+        return LayerCapture(
+            self.forward_func,
+            self.layer,
+            on_output,
+            channel_dim=lay.channel_dim,
+            token_grid=lay.token_grid,
+            drop_tokens=lay.drop_tokens,
+            call_index=lay.call_index,
+            what="LayerFactorAnalysis",
+            # only the layer's output is needed: from the second batch on the forward pass ends
+            # at the layer (the rest of the network is not run)
+            stop_early=True,
+        )
 
     # ------------------------------------------------------------------------------------------
     # fitting
@@ -139,7 +186,9 @@ class LayerFactorAnalysis(LayerAttribution):
             rotation (str or None): ``"varimax"``, ``"quartimax"`` (orthogonal), ``"promax"``,
                         ``"oblimin"`` (oblique) or None. Default: varimax.
             additional_forward_args (Any, optional): extra arguments passed to the model after
-                        the input, as in Captum.
+                        the input, as in Captum. When ``inputs`` is a Tensor of ``N`` samples, a
+                        Tensor argument whose first dimension is ``N`` is per-sample and cut with
+                        the batches (see :func:`captum_elfa._capture.iter_batches_with_args`).
             progress (bool): show a tqdm progress bar over batches. Default: True.
             batch_size (int): chunk size when ``inputs`` is a single Tensor. Default: 64.
             random_state (int, optional): seed of parallel analysis, of the random starts of the
@@ -162,22 +211,11 @@ class LayerFactorAnalysis(LayerAttribution):
 
             >>> lfa = LayerFactorAnalysis(model, model.layer2).fit(loader, n_factors="parallel")
         """
-        check_choice("rotation", rotation, ROTATIONS)
-        rkw = check_rotation_kwargs(rotation, rotation_kwargs or {})
-        self._check_n_factors_type(n_factors)
         sync = distributed and is_distributed()
-        if stability and sync:
-            raise CaptumElfaError(
-                "stability=True is not available with torch.distributed yet; pass distributed=False "
-                "(fit on this rank's images) or stability=False"
-            )
-        acc: Union[RunningMoments, SplitHalfMoments] = (
-            SplitHalfMoments(0 if random_state is None else random_state) if stability else RunningMoments()
-        )
+        acc: Union[RunningMoments, SplitHalfMoments] = RunningMoments()
         spatial: dict = {}
 
-        def on_output(act: Tensor, index: int) -> None:
-            a = check_activation_shape(act, cap.layer_name)
+        def on_output(a: Tensor, index: int) -> None:
             if "shape" not in spatial:
                 spatial["shape"] = tuple(a.shape[1:])
             elif a.shape[1] != spatial["shape"][0]:
@@ -187,16 +225,29 @@ class LayerFactorAnalysis(LayerAttribution):
                 )
             acc.update(a, index)
 
-        cap = LayerCapture(self.forward_func, self.layer, on_output)
+        # every check runs inside the try: a rank failing one joins the first collective as failed,
+        # so the other ranks raise a DistributedError at once instead of waiting for the timeout
         try:
+            check_choice("rotation", rotation, ROTATIONS)
+            rkw = check_rotation_kwargs(rotation, rotation_kwargs or {})
+            self._check_n_factors_type(n_factors)
+            if stability and sync:
+                raise CaptumElfaError(
+                    "stability=True is not available with torch.distributed yet; pass distributed=False "
+                    "(fit on this rank's images) or stability=False"
+                )
+            if stability:
+                acc = SplitHalfMoments(0 if random_state is None else random_state)
+            batches = iter_batches_with_args(inputs, batch_size, additional_forward_args)
+            cap = self._capture(on_output)
             with cap:
                 n_batches = 0
-                for i, batch in enumerate(
-                    progress_bar(iter_batches(inputs, batch_size), progress, "ELFA fit", _n_batches(inputs, batch_size))
+                for i, (batch, extra) in enumerate(
+                    progress_bar(batches, progress, "ELFA fit", _n_batches(inputs, batch_size))
                 ):
-                    cap.run(batch, i, additional_forward_args)
+                    cap.run(batch, i, extra)
                     n_batches += 1
-        except Exception:
+        except BaseException:
             if sync and isinstance(acc, RunningMoments):  # join the collective as failed: no rank waits
                 try:
                     acc.all_reduce(failed=True)
@@ -289,7 +340,7 @@ class LayerFactorAnalysis(LayerAttribution):
                 random_state=random_state,
             )
         shape = tuple(int(s) for s in activation_shape) if activation_shape is not None else (res.n_channels,)
-        name = layer_name if layer_name is not None else _layer_name(self.forward_func, self.layer)
+        name = layer_name if layer_name is not None else _lname(self.forward_func, self.layer)
         self._set_result(res, name, shape)
         for caution in res.cautions:
             warnings.warn(f"layer '{name}': {caution.message}", caution.category, stacklevel=_stacklevel + 1)
@@ -338,8 +389,7 @@ class LayerFactorAnalysis(LayerAttribution):
         """``weights @ activation + bias`` over channels at every pixel: ``[N, rows, H, W]``."""
         chunks: list[Tensor] = []
 
-        def on_output(act: Tensor, index: int) -> None:
-            a = check_activation_shape(act, cap.layer_name)
+        def on_output(a: Tensor, index: int) -> None:
             if a.shape[1] != self.n_channels_:
                 raise CaptumElfaError(
                     f"layer '{cap.layer_name}' has {a.shape[1]} channels but the model was fitted "
@@ -355,10 +405,11 @@ class LayerFactorAnalysis(LayerAttribution):
             )
             chunks.append(out.reshape(n, -1, h, w))
 
-        cap = LayerCapture(self.forward_func, self.layer, on_output)
+        batches = iter_batches_with_args(inputs, batch_size, additional_forward_args)
+        cap = self._capture(on_output)
         with cap:
-            for i, batch in enumerate(iter_batches(inputs, batch_size)):
-                cap.run(batch, i, additional_forward_args)
+            for i, (batch, extra) in enumerate(batches):
+                cap.run(batch, i, extra)
         if not chunks:
             raise CaptumElfaError("inputs yielded no batch; pass at least one image")
         sizes = sorted({tuple(c.shape[2:]) for c in chunks})
@@ -392,6 +443,7 @@ class LayerFactorAnalysis(LayerAttribution):
     def attribute(
         self,
         inputs: Union[Tensor, Inputs],
+        *args: Any,
         factors: Union[None, str, int, Sequence[int]] = None,
         normalize: Optional[str] = "max_min",
         additional_forward_args: Any = None,
@@ -399,11 +451,15 @@ class LayerFactorAnalysis(LayerAttribution):
     ) -> Tensor:
         r"""Essential Feature Attribution Maps (EFAM) of the fitted layer.
 
+        Every argument after ``inputs`` is keyword-only: ELFA explains the layer, not an output,
+        so a Captum-style positional target (``lfa.attribute(x, 3)``) is refused rather than
+        read as factor 3.
+
         ``EFAM = sum_k a_k f_k`` with ``a_k = sum_j |W_jk|``, normalised per image.
 
         Args:
             inputs (Tensor, iterable or DataLoader): the images to explain.
-            factors (None, "all", int or list of int): None gives the combined EFAM
+            factors (None, "all", int or list of int, keyword-only): None gives the combined EFAM
                         ``[N, 1, H, W]``; "all" or a list of factor indices gives per-factor
                         maps ``[N, k', H, W]`` (each factor's scores, normalised per image).
             normalize (str or None): per-image normalisation: ``"max_min"`` (to [0, 1],
@@ -421,6 +477,12 @@ class LayerFactorAnalysis(LayerAttribution):
             >>> efam = lfa.attribute(images)                       # [N, 1, H, W]
             >>> per_factor = lfa.attribute(images, factors="all")  # [N, k, H, W]
         """
+        if args:
+            raise CaptumElfaError(
+                f"LayerFactorAnalysis.attribute takes no positional argument after inputs, got {_short(args)}; "
+                "ELFA has no target (the maps summarise the layer): pass factors=... for per-factor maps, "
+                "normalize=..., additional_forward_args=... by keyword"
+            )
         check_choice("normalize", normalize, NORMALIZATIONS)
         self._check_fitted("attribute")
         idx = self._factor_indices(factors)
@@ -553,7 +615,17 @@ class LayerFactorAnalysis(LayerAttribution):
         _lfa_io.save_result(path, self.result_, self.layer_name_, self.activation_shape_)
 
     @classmethod
-    def load(cls, path: Union[str, Any], forward_func: Callable, layer: nn.Module) -> LayerFactorAnalysis:
+    def load(
+        cls,
+        path: Union[str, Any],
+        forward_func: Callable,
+        layer: nn.Module,
+        *,
+        channel_dim: Optional[int] = None,
+        token_grid: TokenGrid = None,
+        drop_tokens: int = 0,
+        call_index: int = -1,
+    ) -> LayerFactorAnalysis:
         """Load a model saved by :meth:`save` and attach it to ``forward_func`` and ``layer``.
 
         The file is read with ``torch.load(weights_only=True)``: it never executes pickled code.
@@ -566,15 +638,24 @@ class LayerFactorAnalysis(LayerAttribution):
             path (str or os.PathLike): file written by :meth:`save`.
             forward_func (Callable or nn.Module): the model.
             layer (nn.Module): the layer the model was fitted on.
+            channel_dim, token_grid, drop_tokens, call_index: the layout, as in the constructor
+                        (not saved in the file: pass the ones the model was fitted with).
 
         Returns:
             LayerFactorAnalysis: the fitted instance.
         """
         state = _lfa_io.load_state(path)
         res = _lfa_io.state_to_result(path, state)
-        obj = cls(forward_func, layer)
+        obj = cls(
+            forward_func,
+            layer,
+            channel_dim=channel_dim,
+            token_grid=token_grid,
+            drop_tokens=drop_tokens,
+            call_index=call_index,
+        )
         saved_name = state["layer_name"]
-        name = _layer_name(forward_func, layer)
+        name = _lname(forward_func, layer)
         if isinstance(forward_func, nn.Module) and saved_name and name and name != saved_name:
             raise CaptumElfaError(
                 f"{path!s} was fitted on layer '{saved_name}' but is being loaded onto layer '{name}'; "
@@ -590,6 +671,11 @@ class LayerFactorAnalysis(LayerAttribution):
             )
         obj._set_result(res, saved_name or name, tuple(state["activation_shape"]))
         return obj
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _criteria_counts(criteria: Dict[str, Any]) -> Dict[str, Any]:

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import math
 import numbers
-from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from captum_elfa._capture import model_device
-from captum_elfa._validation import CaptumElfaError, check_choice
+from captum_elfa._capture import (
+    check_input_tensor,
+    format_additional_args,
+    model_device,
+    model_guard,
+    split_additional_args,
+)
+from captum_elfa._validation import CaptumElfaError, check_choice, check_int
 
 __all__ = ["deletion_curve", "insertion_curve", "auc", "SCORES", "BASELINES"]
 
@@ -32,27 +37,11 @@ SCORES = ("prob", "logit")
 BASELINES = ("blur", "mean")
 
 
-@contextmanager
-def _eval_no_grad(model: Any) -> Iterator[None]:
-    """Eval mode and no autograd for the run; training and ``requires_grad`` flags restored."""
-    root = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
-    mods = list(root.modules()) if isinstance(root, nn.Module) else []
-    training = [(m, m.training) for m in mods]
-    params = [(p, p.requires_grad) for p in root.parameters()] if isinstance(root, nn.Module) else []
-    try:
-        for m in mods:
-            m.eval()
-        with torch.no_grad():
-            yield
-    finally:
-        for m, flag in training:
-            m.train(flag)
-        for p, flag in params:
-            if p.requires_grad != flag:
-                p.requires_grad_(flag)
-
-
 def _check_inputs(inputs: Any) -> Tensor:
+    if type(inputs).__module__ == "numpy":
+        raise CaptumElfaError("inputs is a numpy array; convert it, e.g. torch.from_numpy(x).float()")
+    if isinstance(inputs, Tensor):
+        check_input_tensor(inputs)
     if not isinstance(inputs, Tensor) or inputs.dim() != 4 or inputs.shape[0] == 0:
         shape = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
         raise CaptumElfaError(f"inputs must be a non-empty image batch Tensor [N, C, H, W], got {shape}")
@@ -197,6 +186,8 @@ def _curve(
     blur_sigma: Optional[float],
     seed: int,
 ) -> Tuple[Tensor, Tensor]:
+    check_int("steps", steps, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
     x = _check_inputs(inputs)
     device = model_device(model)
     if device is not None and x.device != device:
@@ -208,10 +199,6 @@ def _curve(
                 f"target has {target.shape[0] if target.dim() == 1 else tuple(target.shape)} entries "
                 f"for {x.shape[0]} images; give one class index per image, an int or None"
             )
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise CaptumElfaError(f"steps must be a positive int, got {steps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise CaptumElfaError(f"batch_size must be a positive int, got {batch_size!r}")
     check_choice("score", score, SCORES)
     flat = _check_maps(maps, x)
     n, c, h, w = x.shape
@@ -220,16 +207,16 @@ def _curve(
     ranks = _pixel_ranks(flat, seed).view(n, 1, h, w)
     fractions = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
     counts = [int(round(float(f) * p)) for f in fractions]
-    extra = (
-        ()
-        if additional_forward_args is None
-        else (additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,))
+    extra_all = tuple(
+        a.to(device) if device is not None and isinstance(a, Tensor) and a.device != device else a
+        for a in format_additional_args(additional_forward_args)
     )
     scores = torch.empty(n, steps + 1, dtype=torch.float64)
-    with _eval_no_grad(model):
+    with model_guard(model, what=f"{mode}_curve", stacklevel=5), torch.no_grad():
         for start in range(0, n, batch_size):
             sl = slice(start, min(n, start + batch_size))
             xb, bb, rb = x[sl], base[sl], ranks[sl]
+            extra = split_additional_args(extra_all, n, sl.start, sl.stop)
             out0 = model(xb, *extra)
             tb = target[sl] if isinstance(target, Tensor) and target.dim() == 1 else target
             tgt = _resolve_target(tb, out0, xb.shape[0])
@@ -250,7 +237,7 @@ def _curve(
 _CURVE_ARGS = r"""
     Args:
         model (Callable or nn.Module): the model; run in eval mode without gradients, its
-                    training and ``requires_grad`` flags restored afterwards.
+                    training and ``requires_grad`` flags and its buffers restored afterwards.
         inputs (Tensor): images ``[N, C, H, W]``.
         maps (Tensor): attribution maps ``[N, 1, h, w]`` (or ``[N, h, w]``), e.g. an EFAM or a
                     Grad-CAM at the layer's resolution; upsampled bilinearly to ``H x W``. Pixels
@@ -271,7 +258,8 @@ _CURVE_ARGS = r"""
         score (str): ``"prob"`` (softmax probability of the target) or ``"logit"``.
                     Default: ``"prob"``.
         batch_size (int): images per forward pass (each step runs every chunk once). Default: 64.
-        additional_forward_args (Any, optional): extra model arguments, as in Captum.
+        additional_forward_args (Any, optional): extra model arguments, as in Captum; a
+                    Tensor whose first dimension is ``N`` is per-image and cut with the batches.
         blur_sigma (float, optional): standard deviation in pixels of the blur baseline;
                     default ``max(1, min(H, W) / 8)``.
         seed (int): seed of the tie-breaking order. Default: 0.

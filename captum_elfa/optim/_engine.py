@@ -8,8 +8,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from captum_elfa._capture import LayerCapture, check_activation_shape, model_device
-from captum_elfa._validation import CaptumElfaError, check_choice
+from captum_elfa._capture import LayerCapture, TokenGrid, model_device
+from captum_elfa._validation import CaptumElfaError, check_choice, check_int
 from captum_elfa.optim.param import FFTImage, PixelImage, _shape4
 from captum_elfa.optim.transforms import Compose, standard_transforms
 
@@ -27,10 +27,21 @@ class LayerProbe:
     """Inside ``with``: ``probe(x)`` returns the layer's output ``(N, C, H, W)`` with autograd on.
 
     The model is put in eval mode and its parameters' ``requires_grad`` set to False; on exit the
-    hook is removed and every flag restored (by :class:`LayerCapture`), also on error.
+    hook is removed and every flag and buffer restored (by :class:`LayerCapture`'s
+    ``model_guard``), also on error. The layout keywords are :class:`LayerCapture`'s.
     """
 
-    def __init__(self, forward_func: Callable, layer: nn.Module, additional_forward_args: Any = None) -> None:
+    def __init__(
+        self,
+        forward_func: Callable,
+        layer: nn.Module,
+        additional_forward_args: Any = None,
+        *,
+        channel_dim: Optional[int] = None,
+        token_grid: TokenGrid = None,
+        drop_tokens: int = 0,
+        call_index: int = -1,
+    ) -> None:
         self.extra = additional_forward_args
         self._act: Optional[Tensor] = None
 
@@ -38,18 +49,22 @@ class LayerProbe:
             self._act = act
             raise _Stop()
 
-        self.cap = LayerCapture(forward_func, layer, on_output, eval_mode=True, grad=True)
+        self.cap = LayerCapture(
+            forward_func,
+            layer,
+            on_output,
+            eval_mode=True,
+            grad=True,
+            freeze_grad=True,
+            channel_dim=channel_dim,
+            token_grid=token_grid,
+            drop_tokens=drop_tokens,
+            call_index=call_index,
+        )
         self.layer_name = self.cap.layer_name
 
     def __enter__(self) -> LayerProbe:
         self.cap.__enter__()
-        try:
-            for p, _ in self.cap._requires_grad:
-                if p.requires_grad:
-                    p.requires_grad_(False)
-        except BaseException:
-            self.cap.__exit__(None, None, None)
-            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -64,7 +79,7 @@ class LayerProbe:
             pass
         if self._act is None:  # pragma: no cover - LayerCapture raises first
             raise CaptumElfaError(f"layer '{self.layer_name}' was never called by the model's forward pass")
-        act = check_activation_shape(self._act, self.layer_name)
+        act = self._act  # (N, C, H, W): LayerCapture converted the layout
         self._act = None
         return act
 
@@ -80,8 +95,7 @@ def check_steps_lr(method: str, steps: Optional[int], lr: Optional[float]) -> Tu
     check_choice("method", method, METHODS)
     if steps is None:
         steps = DEFAULT_STEPS[method]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise CaptumElfaError(f"steps={steps!r} is not valid; expected an int >= 1")
+    steps = check_int("steps", steps, minimum=1)
     if lr is None:
         lr = DEFAULT_LR[method]
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:

@@ -132,6 +132,11 @@ def maximize_channels(
     decay_power: float = 1.0,
     decorrelate: bool = True,
     additional_forward_args: Any = None,
+    *,
+    channel_dim: Optional[int] = None,
+    token_grid: Any = None,
+    drop_tokens: int = 0,
+    call_index: int = -1,
 ) -> ActivationMaxResult:
     r"""One image per channel maximising the channel's mean activation at ``layer``, all
     channels optimised together (a batch of images, one forward pass per step).
@@ -158,6 +163,8 @@ def maximize_channels(
         top_k (int, optional): keep the first ``top_k`` channels.
         value_range, transforms, sd, decay_power, decorrelate, additional_forward_args: as in
                     :func:`~captum_elfa.optim.invert_factor`.
+        channel_dim, token_grid, drop_tokens, call_index: the layout of the layer's output
+                    (keyword-only), as in :class:`~captum_elfa.LayerFactorAnalysis`.
 
     Returns:
         ActivationMaxResult: ``images`` ``[K, C, H, W]``, ``channels``, ``losses``,
@@ -178,7 +185,15 @@ def maximize_channels(
     param = make_param(method, shape, seed, value_range, dev, sd, decay_power, decorrelate, None)
     generator = torch.Generator().manual_seed(seed + 1)
 
-    with LayerProbe(model, layer, additional_forward_args) as probe:
+    with LayerProbe(
+        model,
+        layer,
+        additional_forward_args,
+        channel_dim=channel_dim,
+        token_grid=token_grid,
+        drop_tokens=drop_tokens,
+        call_index=call_index,
+    ) as probe:
         with torch.no_grad():
             img0 = param()
         act0 = probe(img0).detach()

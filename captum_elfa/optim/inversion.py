@@ -194,7 +194,18 @@ def invert_factor(
     param = make_param(method, shape, seed, value_range, dev, sd, decay_power, decorrelate, init)
     generator = torch.Generator().manual_seed(seed + 1)
 
-    with LayerProbe(lfa.forward_func, lfa.layer, additional_forward_args) as probe:
+    layout = getattr(lfa, "layout", None)
+    layout_kw = (
+        {}
+        if layout is None
+        else {
+            "channel_dim": layout.channel_dim,
+            "token_grid": layout.token_grid,
+            "drop_tokens": layout.drop_tokens,
+            "call_index": layout.call_index,
+        }
+    )
+    with LayerProbe(lfa.forward_func, lfa.layer, additional_forward_args, **layout_kw) as probe:
         with torch.no_grad():
             img0 = param()
         act0 = probe(img0).detach()
