@@ -249,11 +249,8 @@ def load_weights(model: Any, path: str, spec: str) -> None:
     """Load a state_dict file into ``model`` (strict), or raise :class:`CliError`."""
     import torch
 
+    check_weights_file(path)
     p = Path(path)
-    if not p.exists():
-        raise CliError(f"weights file not found: {path}")
-    if not p.is_file():
-        raise CliError(f"--weights {path} is not a file")
     try:
         state = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:
@@ -333,10 +330,47 @@ class ImageFolderFlat:
         path = self.files[i]
         try:
             with Image.open(path) as im:
-                img = im.convert(self.mode)
+                img = to_mode(im, self.mode)
         except Exception as e:
-            raise CliError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+            raise CliError(f"cannot read image {_clean(str(path))}: {type(e).__name__}: {_clean(str(e))}") from None
         return self.transform(img)
+
+
+def to_mode(im: Any, mode: str) -> Any:
+    """``im`` as an 8-bit ``"L"`` or ``"RGB"`` PIL image. 16-bit and 32-bit grayscale (modes
+    ``I;16*``, ``I``, ``F``) are rescaled from their full range (65535 for 16 bits, the image's
+    own maximum for ``I``/``F`` beyond 16 bits) instead of being clipped to white by
+    ``convert``; palette and alpha images are composited on black by ``convert``."""
+    import numpy as np
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        if im.mode.startswith("I;16"):
+            top = 65535.0
+        else:
+            hi = float(a.max()) if a.size else 0.0
+            top = 255.0 if hi <= 255 else (65535.0 if hi <= 65535 else hi)
+        lo = min(0.0, float(a.min())) if a.size else 0.0
+        a = np.clip((a - lo) / max(top - lo, 1e-12), 0.0, 1.0)
+        im = Image.fromarray(np.round(a * 255.0).astype(np.uint8), mode="L")
+    elif im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return im.convert(mode)
+
+
+def _clean(text: str) -> str:
+    """``text`` with control characters (terminal escape codes in file names, ...) escaped as
+    ``\\xNN`` / ``\\uNNNN``; newlines and tabs are kept."""
+    import unicodedata
+
+    out = []
+    for ch in text:
+        if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn"):
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
 
 
 def find_images(folder: str, max_images: Optional[int], progress: bool) -> List[Path]:
@@ -344,12 +378,15 @@ def find_images(folder: str, max_images: Optional[int], progress: bool) -> List[
 
     root = Path(folder)
     if not root.exists():
-        raise CliError(f"image folder not found: {folder}")
+        raise CliError(f"image folder not found: {_clean(folder)}")
     if not root.is_dir():
-        raise CliError(f"--images {folder} is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        raise CliError(f"--images {_clean(folder)} is not a folder")
+    try:
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    except OSError as e:
+        raise CliError(f"cannot list the image folder {_clean(folder)}: {type(e).__name__}: {_clean(str(e))}") from None
     if not files:
-        raise CliError(f"no images found in {folder} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
+        raise CliError(f"no images found in {_clean(folder)} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})")
     if max_images is not None:
         files = files[:max_images]
     it = files
@@ -362,15 +399,80 @@ def find_images(folder: str, max_images: Optional[int], progress: bool) -> List[
             with Image.open(p) as im:
                 im.size  # noqa: B018
         except Exception as e:
-            raise CliError(f"cannot read image {p}: {type(e).__name__}: {e}") from None
+            raise CliError(f"cannot read image {_clean(str(p))}: {type(e).__name__}: {_clean(str(e))}") from None
     return files
+
+
+def check_out_dir(out: str) -> None:
+    """Fail early when ``--out`` cannot be a folder (an existing file, or under one)."""
+    p = Path(out)
+    if p.exists() and not p.is_dir():
+        raise CliError(f"--out {_clean(out)} is an existing file, not a folder; choose a folder (new or existing)")
+    for parent in p.parents:
+        if parent.exists() and not parent.is_dir():
+            raise CliError(f"--out {_clean(out)}: {_clean(str(parent))} is a file, not a folder")
+        if parent.exists():
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise CliError(f"--out {_clean(out)}: cannot write into {_clean(str(parent))} (permission denied)")
+            break
+
+
+def check_weights_file(path: str) -> None:
+    """Fail early (before the model is built) when ``--weights`` names no readable file."""
+    p = Path(path)
+    if not p.exists():
+        raise CliError(f"weights file not found: {_clean(path)}")
+    if not p.is_file():
+        raise CliError(f"--weights {_clean(path)} is not a file")
+    if not os.access(p, os.R_OK):
+        raise CliError(f"weights file {_clean(path)} is not readable (permission denied)")
+
+
+def gallery_indices(files: Sequence[Path], n: int, among: Optional[Sequence[int]] = None) -> List[int]:
+    """Up to ``n`` indices of files with distinct contents (SHA-1 of the bytes), spread evenly
+    over ``among`` (default: every file) rather than the first ``n`` in sorted order."""
+    import hashlib
+
+    import numpy as np
+
+    pool = list(range(len(files))) if among is None else list(among)
+    if not pool:
+        return []
+    # visit the pool in an evenly spread order: n evenly spaced positions, then 2n, 4n, ...
+    m = len(pool)
+    order: List[int] = []
+    seen_pos: set = set()
+    k = max(1, n)
+    while True:
+        for pos in np.linspace(0, m - 1, min(k, m)).round().astype(int).tolist():
+            if pos not in seen_pos:
+                seen_pos.add(pos)
+                order.append(pos)
+        if k >= m:
+            break
+        k *= 2
+    picked: List[int] = []
+    hashes: set = set()
+    for pos in order:
+        i = pool[pos]
+        try:
+            h = hashlib.sha1(Path(files[i]).read_bytes()).hexdigest()
+        except OSError:
+            continue
+        if h in hashes:
+            continue
+        hashes.add(h)
+        picked.append(i)
+        if len(picked) == n:
+            break
+    return sorted(picked)
 
 
 # ----------------------------------------------------------------------------------------------
 # commands
 # ----------------------------------------------------------------------------------------------
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    print(_clean(msg), file=sys.stderr, flush=True)
 
 
 class _Warnings:
@@ -394,61 +496,11 @@ class _Warnings:
                 _log(f"  warning: {msg}")
 
 
-def train_digits_cnn(epochs: int = 15, seed: int = 0, progress: bool = False) -> tuple:
-    """The quickstart's CNN on scikit-learn's digits: returns ``(model, x, y, accuracy)``."""
-    import torch
-    from sklearn.datasets import load_digits
-    from torch import nn
-
-    torch.manual_seed(seed)
-    d = load_digits()
-    x = torch.tensor(d.images, dtype=torch.float32)[:, None] / 16.0
-    y = torch.tensor(d.target)
-    model = nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(16, 32, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(2),
-        nn.Flatten(),
-        nn.Linear(128, 10),
-    )
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    threads = torch.get_num_threads()
-    # tiny batches: one thread is faster, and several threads spin against each other on a
-    # busy machine (measured 3 s with one thread vs 7-25 s with two on a loaded 2-core machine)
-    torch.set_num_threads(1)
-    try:
-        _train(model, opt, x, y, epochs, progress)
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
-    with torch.no_grad():
-        acc = (model(x).argmax(1) == y).float().mean().item()
-    return model, x, y, acc
-
-
-def _train(model: Any, opt: Any, x: Any, y: Any, epochs: int, progress: bool) -> None:
-    import torch
-    from torch import nn
-
-    epochs_it: Any = range(epochs)
-    if progress:
-        from tqdm.auto import tqdm
-
-        epochs_it = tqdm(epochs_it, desc="training", unit="epoch", leave=False, file=sys.stderr)
-    for _ in epochs_it:
-        for i in torch.randperm(len(x)).split(128):
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[i]), y[i]).backward()
-            opt.step()
-
-
 def run_demo(args: argparse.Namespace) -> Path:
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny CNN on 8x8 images: threads only contend (see train_digits_cnn)
+    torch.set_num_threads(1)  # a tiny CNN on 8x8 images: threads only contend (see captum_elfa.demo)
     try:
         return _run_demo(args)
     finally:
@@ -457,15 +509,17 @@ def run_demo(args: argparse.Namespace) -> Path:
 
 def _run_demo(args: argparse.Namespace) -> Path:
     from captum_elfa import LayerFactorAnalysis, NeuronPCACE
+    from captum_elfa.demo import train_digits_cnn
     from captum_elfa.report import write_report
 
     progress = not args.no_progress
     t0 = time.perf_counter()
+    check_out_dir(args.out)
     _log("captum-elfa demo: training a CNN on scikit-learn's digits ...")
     model, x, y, acc = train_digits_cnn(args.epochs, seed=0, progress=progress)
     _log(f"  accuracy {acc:.1%} on {len(x)} images")
-    layer = model[3]  # ReLU after the second conv: 32 channels of 8x8 maps
-    _log("  ELFA on layer 3 (second conv + ReLU) ...")
+    layer = model.get_submodule("relu2")  # ReLU after the second conv: 32 channels of 8x8 maps
+    _log("  ELFA on relu2 (second conv + ReLU) ...")
     with _Warnings() as caught:
         lfa = LayerFactorAnalysis(model, layer).fit(x, n_factors=args.n_factors, progress=progress)
         _log("  PCACE for class 3 ...")
@@ -480,18 +534,20 @@ def _run_demo(args: argparse.Namespace) -> Path:
         pc,
         images=x[idx],
         model=model,
-        gradcam_layer=model[2],
+        gradcam_layer=model.get_submodule("conv2"),
         title="captum-elfa demo: a CNN on scikit-learn's digits",
         meta={
             "model": "2-conv CNN trained on scikit-learn's digits (seed 0)",
             "training accuracy": f"{acc:.1%}",
-            "layer": "3 (ReLU after the second conv, 32 channels)",
+            "layer": "relu2 (ReLU after the second conv, 32 channels)",
             "images": f"{len(x)} (8x8 grayscale)",
             "n_factors": str(args.n_factors),
             "PCACE": f"class 3, on its {int((y == 3).sum())} images",
-            "Grad-CAM layer": "2 (second conv)",
+            "Grad-CAM layer": "conv2 (second conv)",
+            "command": getattr(args, "command_line", None) or "captum-elfa demo",
         },
         pcace_target=3,
+        pcace_images=x[y == 3][:4],
         notes=caught.messages,
     )
     _log(f"  done in {time.perf_counter() - t0:.1f} s")
@@ -503,20 +559,24 @@ def run_report(args: argparse.Namespace) -> Path:
     from torch.utils.data import DataLoader, Dataset
 
     from captum_elfa import LayerFactorAnalysis, NeuronPCACE
-    from captum_elfa._validation import CaptumElfaError
+    from captum_elfa._validation import CaptumElfaError, TooFewSamplesError
     from captum_elfa.report import write_report
 
     progress = not args.no_progress
     t0 = time.perf_counter()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    # the cheap checks first, before the model is built: --out, the images, the weights file
+    check_out_dir(args.out)
+    files = find_images(args.images, args.max_images, progress)
+    if args.weights:
+        check_weights_file(args.weights)
     model = load_model(args.model)
     if args.weights:
         load_weights(model, args.weights, args.model)
     else:
         _log("warning: no --weights given: using the model's initial weights (random for torchvision:NAME)")
     layer = find_layer(model, args.layer)
-    files = find_images(args.images, args.max_images, progress)
     try:
         device = torch.device(args.device)
         model = model.to(device).eval()
@@ -569,10 +629,8 @@ def run_report(args: argparse.Namespace) -> Path:
     try:
         with _Warnings() as caught:
             lfa = LayerFactorAnalysis(model, layer).fit(loader, n_factors=args.n_factors, progress=progress)
-    except CaptumElfaError as e:
-        if "more samples than channels" in str(e):
-            raise CliError(f"{e}, or a larger --image-size (every pixel of the layer's output is a sample)") from None
-        raise
+    except TooFewSamplesError as e:
+        raise CliError(f"{e}, or a larger --image-size (every pixel of the layer's output is a sample)") from None
     finally:
         hook.remove()
     _log(f"  ELFA: {lfa.n_factors_} factors, KMO {float(lfa.adequacy_.kmo):.3f}")
@@ -583,13 +641,21 @@ def run_report(args: argparse.Namespace) -> Path:
         notes.append(msg)
         _log("  " + msg)
 
+    # ELFA ends its forward passes at the layer from the second batch on: predict the rest here
+    # (one no-grad pass over the images the hook did not see), so that the top class and the
+    # images of the ranked class rest on every image, not on the first batch
+    if preds and len(preds) < len(files):
+        with torch.no_grad():
+            for start in range(len(preds), len(files), args.batch_size):
+                xb = torch.stack([data[i] for i in range(start, min(start + args.batch_size, len(files)))])
+                out = model(xb.to(device))
+                if not (isinstance(out, torch.Tensor) and out.dim() == 2):
+                    break
+                preds.extend(out.argmax(1).tolist())
     pc_target = args.target
+    top_count = None
     if pc_target is None and preds:
-        pc_target, count = Counter(preds).most_common(1)[0]
-        note(
-            f"No --target given: PCACE and Grad-CAM use class {pc_target}, the top prediction "
-            f"of {count} of the {len(preds)} images."
-        )
+        pc_target, top_count = Counter(preds).most_common(1)[0]
     pc = None
     if pc_target is None:
         note("PCACE skipped: the model's output is not (N, classes) and no --target was given.")
@@ -604,12 +670,27 @@ def run_report(args: argparse.Namespace) -> Path:
         except CaptumElfaError as e:
             pc = None
             note(f"PCACE skipped: {e}")
-    images = torch.stack([data[i] for i in range(min(4, len(data)))]).to(device)
+    if top_count is not None:  # say which analyses use the class, only those that ran
+        users = "PCACE and Grad-CAM use" if pc is not None else "Grad-CAM uses"
+        note(
+            f"No --target given: {users} class {pc_target}, the top prediction of {top_count} of the "
+            f"{len(preds)} images."
+        )
+    # the gallery: distinct images (by content) spread over the folder, not the first 4 files;
+    # the PCACE maps on images predicted as the ranked class when there are such images
+    gallery = gallery_indices(files, 4)
+    images = torch.stack([data[i] for i in gallery]).to(device)
+    pcace_images = None
+    if pc is not None and len(preds) == len(files):
+        of_class = [i for i, c in enumerate(preds) if c == pc_target]
+        if of_class:
+            pcace_images = torch.stack([data[i] for i in gallery_indices(files, 4, of_class)]).to(device)
     index = write_report(
         args.out,
         lfa,
         pc,
         images=images,
+        pcace_images=pcace_images,
         model=model,
         gradcam_layer=layer,
         target=pc_target,
@@ -620,6 +701,7 @@ def run_report(args: argparse.Namespace) -> Path:
             "layer": args.layer,
             "images": f"{len(files)} from {args.images} at {args.image_size}x{args.image_size}",
             "n_factors": str(args.n_factors),
+            "command": getattr(args, "command_line", None) or "captum-elfa report",
         },
         notes=notes,
     )
@@ -638,17 +720,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import matplotlib
 
         matplotlib.use("Agg")
+    import shlex
+
     from captum_elfa._validation import CaptumElfaError
 
+    args.command_line = " ".join(shlex.quote(a) for a in ["captum-elfa", *(sys.argv[1:] if argv is None else argv)])
     try:
         index = run_demo(args) if args.command == "demo" else run_report(args)
     except (CliError, CaptumElfaError) as e:
-        print(f"captum-elfa: error: {e}", file=sys.stderr)
+        print(f"captum-elfa: error: {_clean(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # writing the report: a full disk, a read-only folder, ...
+        print(f"captum-elfa: error: cannot write the report: {type(e).__name__}: {_clean(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("captum-elfa: interrupted", file=sys.stderr)
+        print("captum-elfa: interrupted (no report written; an earlier one is left as it was)", file=sys.stderr)
         return 130
-    print(f"report written to {index}")
+    print(f"report written to {_clean(str(index))}")
     return 0
 
 

@@ -174,12 +174,26 @@ def test_report_max_images_skips_pcace(
 ) -> None:
     """Fewer than 10 images: ELFA only, PCACE skipped with a note (no --target: top class)."""
     out = tmp_path / "rep"
+    # an earlier run's report: a PCACE figure this run will not draw, and an index.html that is a
+    # symlink to a file outside --out (it must be replaced, not followed)
+    out.mkdir()
+    (out / "pcace_ranking.png").write_bytes(b"stale figure of an earlier run")
+    (out / "my_notes.png").write_bytes(b"not ours")
+    outside = tmp_path / "outside.html"
+    outside.write_text("do not overwrite")
+    (out / "index.html").symlink_to(outside)
     args = _report_args(resnet_weights, image_dir, out, "--n-factors", "6", "--max-images", "6", "--batch-size", "4")
     args[args.index("--image-size") + 1] = "64"
     args[args.index("--layer") + 1] = "layer2"  # 128 channels; 6 images x 8x8 pixels
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "PCACE skipped" in err
+    assert "PCACE and Grad-CAM use" not in err and "Grad-CAM uses class" in err  # PCACE did not run
+    assert "of the 6 images" in err  # two batches of 4: the top class rests on every image
+    assert outside.read_text() == "do not overwrite" and not (out / "index.html").is_symlink()
+    assert (out / "my_notes.png").read_bytes() == b"not ours"
+    html = (out / "index.html").read_text(encoding="utf-8")
+    assert "Read with caution" in html  # 6 images: below the ELFA minimum
     doc = json.loads((out / "metrics.json").read_text())
     assert doc["pcace"] is None and any("PCACE skipped" in n for n in doc["notes"])
     assert doc["elfa"]["n_samples"] == 6 * 64 and doc["elfa"]["n_factors"] == 6
@@ -364,3 +378,87 @@ def test_module_help_runs(capsys: pytest.CaptureFixture) -> None:
     assert main(["report", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--image-size" in out and "torchvision:NAME" in out
+
+
+# ----------------------------------------------------------------------------------------------
+# cheap checks first, robust inputs (issue 13)
+# ----------------------------------------------------------------------------------------------
+def test_cheap_checks_run_before_the_model_is_built(
+    resnet_weights: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """With an invalid --model too, the cheap errors are the ones reported: they ran first."""
+    bad_model = ["--model", "torchvision:resnet19"]
+
+    def args(weights: Path, images: Path, out: Path) -> list:
+        a = _report_args(weights, images, out)
+        a[a.index("--model") : a.index("--model") + 2] = bad_model
+        return a
+
+    a_file = tmp_path / "out.txt"
+    a_file.write_text("a file")
+    err = _fails(args(resnet_weights, image_dir, a_file), capsys)
+    assert "--out" in err and "is an existing file, not a folder" in err and "resnet19" not in err
+    assert a_file.read_text() == "a file"
+    err = _fails(args(resnet_weights, image_dir, a_file / "sub"), capsys)
+    assert "is a file, not a folder" in err
+    err = _fails(args(tmp_path / "missing.pt", image_dir, tmp_path / "o"), capsys)
+    assert "weights file not found" in err and "resnet19" not in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = _fails(args(tmp_path / "missing.pt", empty, tmp_path / "o"), capsys)
+    assert "no images found" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_control_characters_in_file_names_are_escaped(
+    resnet_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    (imgs / "evil\x1b[2Jname\x07.jpg").write_bytes(b"not a jpeg at all" * 4)
+    err = _fails(_report_args(resnet_weights, imgs, tmp_path / "o"), capsys)
+    assert "cannot read image" in err
+    assert "\x1b" not in err and "\x07" not in err
+    assert "\\x1b[2Jname\\x07.jpg" in err
+
+
+def test_16_bit_and_palette_images_are_converted_correctly(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from captum_elfa.cli import ImageFolderFlat, to_mode
+
+    a16 = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) * 8).astype(np.uint16)  # 0 .. 32760
+    p16 = tmp_path / "gray16.png"
+    Image.fromarray(a16).save(p16)
+    with Image.open(p16) as im:
+        assert im.mode.startswith("I")
+        gray = np.asarray(to_mode(im, "L"), dtype=np.float64)
+        rgb = np.asarray(to_mode(im, "RGB"), dtype=np.float64)
+    expected = np.round(a16 / 65535.0 * 255.0)
+    np.testing.assert_allclose(gray, expected, atol=1.0)  # not saturated to white
+    assert gray.max() < 130 and rgb.shape == (64, 64, 3)
+    np.testing.assert_allclose(rgb[..., 0], gray)
+    # palette image with transparency and an 8-bit one: what convert gives
+    pal = Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).convert("P")
+    pal.info["transparency"] = 0
+    assert to_mode(pal, "RGB").mode == "RGB"
+    data = ImageFolderFlat([p16], 32, 1)
+    x = data[0]
+    assert x.shape == (1, 32, 32) and 0.0 <= float(x.min()) and float(x.max()) < 0.55
+
+
+def test_gallery_picks_distinct_spread_images(tmp_path: Path) -> None:
+    from captum_elfa.cli import gallery_indices
+
+    files = []
+    for i in range(20):
+        p = tmp_path / f"{i:02d}.png"
+        p.write_bytes(b"same" if i < 8 else f"image {i}".encode())  # the first 8 are copies
+        files.append(p)
+    picked = gallery_indices(files, 4)
+    assert len(picked) == 4
+    assert len({files[i].read_bytes() for i in picked}) == 4  # distinct contents
+    assert max(picked) - min(picked) >= 10  # spread over the set, not the first files
+    among = [3, 9, 12, 15]
+    assert set(gallery_indices(files, 4, among)) <= set(among)
+    assert gallery_indices(files, 4, []) == []

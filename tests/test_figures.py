@@ -223,15 +223,25 @@ def test_plot_channel_insights(lfa):
     fig = plot_channel_insights(lfa, threshold=0.4)
     _png(fig)
     assert len(fig.axes) == 2
-    bars = [p for p in fig.axes[0].patches]
+    from captum_elfa.visualization._figure_utils import _bar_heights
+
+    colls = {c.get_gid(): c for c in fig.axes[0].collections}
     n_live = len(lfa.live_channels_)
-    assert len(bars) == 2 * n_live  # communality + uniqueness per live channel
-    heights = sorted(round(b.get_height(), 9) for b in bars[0::2])
+    # the communalities (grouped channels, then hatched ungrouped ones) and the uniquenesses
+    h2 = np.concatenate([_bar_heights(colls[g]) for g in ("communality", "communality_ungrouped") if g in colls])
+    assert h2.size == n_live and _bar_heights(colls["uniqueness"]).size == n_live
+    heights = sorted(round(float(b), 9) for b in h2)
     expected = sorted(round(float(lfa.metrics_.communalities[j]), 9) for j in lfa.live_channels_.tolist())
     assert heights == expected
+    psi = sorted(round(float(b), 9) for b in _bar_heights(colls["uniqueness"]))
+    assert psi == sorted(round(float(lfa.uniquenesses_[j]), 9) for j in lfa.live_channels_.tolist())
     text = fig.axes[1].texts[0].get_text()
-    for f, chans in redundancy_groups(lfa, 0.4).items():
-        assert f"F{f + 1}: " + (", ".join(map(str, chans)) if chans else "(none)") in text
+    groups = redundancy_groups(lfa, 0.4)
+    for f, chans in groups.items():  # every non-empty group listed with its size; empty ones counted
+        if chans:
+            assert f"F{f + 1} ({len(chans)}): " + ", ".join(map(str, chans)) in text
+    n_empty = sum(1 for c in groups.values() if not c)
+    assert (f"{n_empty} factor(s) with no such channel" in text) == (n_empty > 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,7 +253,10 @@ def test_plot_fit_summary(lfa):
     assert len(fig.axes) == 4
     a_kmo, a_g2, a_var, a_txt = fig.axes
     live = lfa.live_channels_
-    np.testing.assert_allclose([p.get_height() for p in a_kmo.patches], lfa.adequacy_.kmo_per_channel[live].numpy())
+    from captum_elfa.visualization._figure_utils import _bar_heights
+
+    kmo_bars = [c for c in a_kmo.collections if c.get_gid() == "kmo"][0]
+    np.testing.assert_allclose(_bar_heights(kmo_bars), lfa.adequacy_.kmo_per_channel[live].numpy())
     p20 = [ln for ln in a_g2.get_lines() if "20th percentile" in ln.get_label()][0]
     assert p20.get_xdata()[0] == pytest.approx(lfa.metrics_.gamma2_p20)
     assert sum(p.get_height() for p in a_g2.patches) == len(live)  # every live channel counted
@@ -261,14 +274,16 @@ def test_plot_fit_summary(lfa):
 def test_plot_efam_gallery(lfa, images):
     x = images[0][:3]
     k = lfa.n_factors_
+    assert k <= 4  # the default draws the first 4 factors
     fig = plot_efam(lfa, x)
     _png(fig)
-    assert len(fig.axes) == 3 * (k + 2)
+    assert len(fig.axes) == 3 * (k + 2) + 2  # the image panels, then two colorbars
     # panel (i, 1) overlays the upsampled EFAM of image i; (i, 2 + f) the map of factor f
     from captum.attr import LayerAttribution
 
     efam = LayerAttribution.interpolate(lfa.attribute(x), x.shape[2:], "bilinear")
-    per = LayerAttribution.interpolate(lfa.attribute(x, factors="all"), x.shape[2:], "bilinear")
+    # the factor maps are the raw (signed) factor scores, on limits symmetric about 0
+    per = LayerAttribution.interpolate(lfa.attribute(x, factors="all", normalize=None), x.shape[2:], "bilinear")
     cols = k + 2
     for i in range(3):
         base = fig.axes[i * cols].get_images()
@@ -280,19 +295,29 @@ def test_plot_efam_gallery(lfa, images):
         np.testing.assert_allclose(heat.get_array(), efam[i, 0].numpy(), atol=1e-6)
         assert heat.get_alpha() == 0.5
         for f in range(k):
-            np.testing.assert_allclose(
-                fig.axes[i * cols + 2 + f].get_images()[1].get_array(), per[i, f].numpy(), atol=1e-6
-            )
+            im = fig.axes[i * cols + 2 + f].get_images()[1]
+            np.testing.assert_allclose(im.get_array(), per[i, f].numpy(), atol=1e-5)
+            lo, hi = im.get_clim()
+            assert lo == -hi and hi > 0
+    assert f"({k} of {k} shown)" in fig._suptitle.get_text()
 
 
 def test_plot_efam_factor_choices(lfa, images):
     x = images[0][:3]
     fig = plot_efam(lfa, x, factors=None, alpha=0.3)
     _png(fig)
-    assert len(fig.axes) == 3 * 2
+    assert len(fig.axes) == 3 * 2 + 1  # one colorbar: the EFAM's
     assert fig.axes[1].get_images()[1].get_alpha() == 0.3
-    assert len(plot_efam(lfa, x[:2], factors=[0, 2]).axes) == 2 * 4
-    assert len(plot_efam(lfa, x[:1], factors=1).axes) == 1 * 3
+
+    def panels(f):
+        return len([a for a in f.axes if a.get_images()])
+
+    assert panels(plot_efam(lfa, x[:2], factors=[0, 2])) == 2 * 4
+    assert panels(plot_efam(lfa, x[:1], factors=1)) == 1 * 3
+    assert panels(plot_efam(lfa, x[:1], factors="all")) == 1 * (2 + lfa.n_factors_)
+    assert panels(plot_efam(lfa, x[:1], max_factors=2)) == 1 * (2 + min(2, lfa.n_factors_))
+    with pytest.raises(CaptumElfaError, match="max_factors"):
+        plot_efam(lfa, x, max_factors=0)
     with pytest.raises(CaptumElfaError, match="factor index"):
         plot_efam(lfa, x, factors=[lfa.n_factors_])
     with pytest.raises(CaptumElfaError, match="alpha"):
@@ -315,7 +340,7 @@ def test_plot_efam_rgb_images(digits):
         rgb_lfa = LayerFactorAnalysis(net, net[1]).fit(rgb, n_factors=2, progress=False)
     fig = plot_efam(rgb_lfa, rgb[:2])
     _png(fig)
-    assert len(fig.axes) == 2 * (2 + 2)
+    assert len(fig.axes) == 2 * (2 + 2) + 2
     base = fig.axes[0].get_images()[0].get_array()
     assert base.shape == (8, 8, 3) and base.min() == 0.0 and base.max() == 1.0
 
