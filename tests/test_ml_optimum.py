@@ -301,3 +301,24 @@ def test_fit_factor_model_wraps_ml_result(scan_cases):
     torch.testing.assert_close(fm.loadings @ fm.loadings.T, res.loadings @ res.loadings.T, rtol=0, atol=1e-12)
     assert fm.loglike == pytest.approx(res.loglike, rel=1e-12)
     assert math.isfinite(fm.loglike)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_analytic_hessian_matches_finite_differences(seed: int) -> None:
+    """The Newton steps use the analytic Hessian of the profile objective: it must equal the
+    finite-difference Jacobian of the (exact-eigenvector) gradient, at random points and k."""
+    from captum_elfa.stats.factor_model import _Profile
+
+    g = np.random.default_rng(seed)
+    c, k = int(g.integers(8, 40)), int(g.integers(1, 6))
+    w = g.normal(size=(c, k))
+    a = g.normal(size=(20 * c, k)) @ w.T + g.normal(size=(20 * c, c)) * g.uniform(0.3, 1.5, size=c)
+    z = _standardise(a, len(a))
+    r = z.T @ z / len(z)
+    prof = _Profile(r, k, PSI_FLOOR, iterative=False)
+    x = np.log(g.uniform(0.05, 0.95, size=c))
+    _, grad = prof.value_grad(x, exact=True)
+    h = 1e-6
+    fd = np.array([(prof.value_grad(x + h * e, exact=True)[1] - grad) / h for e in np.eye(c)])
+    hess = prof.hessian(x)
+    np.testing.assert_allclose(hess, 0.5 * (fd + fd.T), atol=1e-4 * max(1.0, float(np.abs(hess).max())))

@@ -51,7 +51,12 @@ _SCREEN_ITER = 20
 _N_REFINE = 3
 _REFINE_ALL_C = 32  # small problems: every start is refined (a screened start lost a better
 # optimum by 5e-5 per sample on a 15-channel layer at k = 10, next to the Ledermann bound)
-_NEWTON_MAX_C = 64
+_NEWTON_MAX_C = 128
+_NEWTON_STEPS = 60
+_SCREEN_NEWTON = 6
+# a uniqueness below 1e-6 R_ii with the KKT sign is tried on the floor at the end (accepted only
+# if F does not rise): Newton in log Psi approaches a boundary optimum only slowly, F is flat there
+_SNAP_WITHIN = math.log(1e6)
 # below this log(Psi_i / R_ii) the eigenpairs come from a Jacobi SVD (relative accuracy)
 _GRADED_BELOW = math.log(1e-6)
 # the Jacobi SVD is O(C^3) with a large constant (20 s at C = 2,048): above this size the
@@ -72,7 +77,7 @@ class MLResult:
                     ``FactorAnalysis.score``), from :func:`loglikelihood`.
         converged (bool): whether the KKT conditions hold at the solution to ``tol``.
         n_iter (int): optimiser iterations over all starts (L-BFGS-B, EM and Newton steps).
-        projected_gradient (float): max |projected gradient| of the objective in ``log Psi`` at
+        projected_gradient (float): max ``|projected gradient|`` of the objective in ``log Psi`` at
                     the solution, from the exact eigenvectors.
         n_starts (int): number of starting points tried.
         start_loglikes (list of float): the log-likelihood reached from each start, in the order
@@ -112,6 +117,7 @@ class _Profile:
         self._v: Optional[np.ndarray] = None
         self.n_eval = 0
         self._factor: Optional[np.ndarray] = None
+        self._full: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = None
 
     def _graded(self, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray, float, np.ndarray]:
         """Top eigenpairs of ``S = D R D`` and the sum of the other eigenvalues, with relative
@@ -207,12 +213,62 @@ class _Profile:
         w = vecs * np.sqrt(np.maximum(vals - 1.0, 0.0))[None, :] * np.exp(0.5 * x)[:, None]
         return w, f, g
 
+    def _full_eig(self, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``S`` at ``x`` and all its eigenpairs (descending), cached for the last ``x``."""
+        cached = self._full
+        if cached is not None and np.array_equal(cached[0], x):
+            return cached[1], cached[2], cached[3]
+        s = self._scaled(x)
+        lam, u = scipy.linalg.eigh(s, driver="evr", check_finite=False)
+        lam, u = lam[::-1], u[:, ::-1]
+        self._full = (x.copy(), s, lam, u)
+        return s, lam, u
+
+    def value_grad_full(self, x: np.ndarray) -> Tuple[float, np.ndarray]:
+        """:meth:`value_grad` (exact) from the full eigendecomposition, which :meth:`hessian` at
+        the same ``x`` then reuses; near the floor the Jacobi SVD path of :meth:`value_grad`."""
+        if self.c <= _GRADED_MAX_C and float((x - self.upper).min()) < _GRADED_BELOW:
+            return self.value_grad(x, exact=True)
+        self.n_eval += 1
+        s, lam, u = self._full_eig(x)
+        k = self.k
+        return self._fg(x, lam[:k], u[:, :k], float(np.trace(s)) - float(lam[:k].sum()))
+
+    def hessian(self, x: np.ndarray) -> np.ndarray:
+        """Analytic Hessian of ``F`` in ``x = log Psi`` (from first-order eigen-perturbation).
+
+        With ``S = Psi^-1/2 R Psi^-1/2 = sum_m l_m u_m u_m^T`` and ``T`` the leading ``k``
+        eigenvalues above 1, ``g_i = 1 - S_ii + sum_{m in T} (l_m - 1) u_im^2``; differentiating
+        with ``dl_m/dx_j = -l_m u_jm^2`` and ``du_m/dx_j = -1/2 sum_{n != m} u_jn u_jm
+        (l_m + l_n)/(l_m - l_n) u_n`` gives
+
+        ``H = diag(S_ii) - sum_{m in T} l_m q_mm q_mm^T - sum_{m < n in T} (l_m + l_n) q_mn q_mn^T
+        - sum_{m in T, n not in T} (l_m - 1)(l_m + l_n)/(l_m - l_n) q_mn q_mn^T``
+
+        with ``q_mn = u_m * u_n`` (elementwise); the pairs inside ``T`` combine without a
+        denominator. Checked against finite differences of the gradient in the tests.
+        """
+        s, lam, u = self._full_eig(x)
+        t = int(np.sum(lam[: self.k] > 1.0))
+        lt = lam[:t, None]
+        gap = lt - lam[None, :]
+        # a near-degenerate pair (l_k ~ l_k+1, where the profile is not smooth): bounded coefficient
+        tiny = 1e-10 * max(float(lam[0]), 1.0)
+        gap = np.where(np.abs(gap) < tiny, np.where(gap < 0, -tiny, tiny), gap)
+        # coefficient of q_mn q_mn^T for m in T and every n (ordered pairs inside T share l_m + l_n)
+        coef = np.where(
+            np.arange(lam.size)[None, :] < t, 0.5 * (lt + lam[None, :]), (lt - 1.0) * (lt + lam[None, :]) / gap
+        )
+        q = (u[:, :t, None] * u[:, None, :]).reshape(self.c, -1)
+        h = np.diag(np.diag(s).copy()) - (q * coef.reshape(1, -1)) @ q.T
+        return 0.5 * (h + h.T)
+
     def active(self, x: np.ndarray, g: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Coordinates at the lower / upper bound."""
         return x <= self.lower + 1e-10, x >= self.upper - 1e-10
 
     def projected(self, x: np.ndarray, g: np.ndarray) -> float:
-        """max |projected gradient|: g for free coordinates; at a bound, only the part pointing
+        """max ``|projected gradient|``: g for free coordinates; at a bound, only the part pointing
         into the box (a descent direction -g leaving the box is allowed: the KKT condition)."""
         lo, hi = self.active(x, g)
         pg = g.copy()
@@ -249,10 +305,13 @@ def _lbfgsb(prof: _Profile, x0: np.ndarray, maxiter: int, gtol: float) -> Tuple[
 
 
 def _newton(prof: _Profile, x: np.ndarray, steps: int, gtol: float) -> Tuple[np.ndarray, int]:
-    """Projected Newton steps on the free coordinates with a finite-difference Hessian of the
-    analytic (exact-eigenvector) gradient; a step is taken only if it lowers F or, at the
-    resolution of F near the optimum, the projected gradient."""
-    f, g = prof.value_grad(x, exact=True)
+    """Projected Newton steps (Bertsekas) with the analytic Hessian on the free coordinates:
+    coordinates at a bound whose gradient points out of the box are held, the Hessian's
+    eigenvalues are replaced by their absolute values (a descent direction also where ``F`` is
+    not convex), a step moves no coordinate by more than 2 in ``log Psi``, and a backtracking
+    line search on the exact objective accepts a step only if it lowers ``F`` or, at the
+    resolution of ``F`` near the optimum, the projected gradient."""
+    f, g = prof.value_grad_full(x)
     pg = prof.projected(x, g)
     done = 0
     for done in range(1, steps + 1):
@@ -262,22 +321,21 @@ def _newton(prof: _Profile, x: np.ndarray, steps: int, gtol: float) -> Tuple[np.
         free = np.flatnonzero(~((lo & (g > 0)) | (hi & (g < 0))))
         if free.size == 0:
             return x, done - 1
-        h = 1e-6
-        cols = []
-        for i in free:
-            xp = x.copy()
-            xp[i] += h
-            cols.append((prof.value_grad(xp, exact=True)[1][free] - g[free]) / h)
-        hess = np.array(cols)
-        hess = 0.5 * (hess + hess.T)
-        ev, evec = np.linalg.eigh(hess)
-        ev = np.maximum(np.abs(ev), 1e-8 * max(np.abs(ev).max(), 1e-300))
+        hess = prof.hessian(x)[np.ix_(free, free)]
         step = np.zeros_like(x)
-        step[free] = -(evec @ ((evec.T @ g[free]) / ev))
+        try:  # positive definite (the usual case near a minimum): a Cholesky solve
+            step[free] = -scipy.linalg.cho_solve(scipy.linalg.cho_factor(hess, check_finite=False), g[free])
+        except np.linalg.LinAlgError:
+            ev, evec = np.linalg.eigh(hess)
+            ev = np.maximum(np.abs(ev), 1e-8 * max(np.abs(ev).max(), 1e-300))
+            step[free] = -(evec @ ((evec.T @ g[free]) / ev))
+        big = float(np.abs(step).max())
+        if big > 2.0:
+            step *= 2.0 / big
         t, accepted = 1.0, False
         for _ in range(30):
             xn = np.clip(x + t * step, prof.lower, prof.upper)
-            fn, gn = prof.value_grad(xn, exact=True)
+            fn, gn = prof.value_grad_full(xn)
             pgn = prof.projected(xn, gn)
             # near the optimum F is resolved to ~1e-10 relative (uniquenesses at the 1e-12 floor
             # make S ill-conditioned): a step that cuts the projected gradient and leaves F
@@ -413,12 +471,16 @@ def ml_factor_analysis(
         d0 = np.diag(rn)
         starts.insert(0, np.log(np.clip(init.detach().to(torch.float64).cpu().numpy(), psi_floor * d0, d0)))
     n_iter = 0
-    gtol = min(tol, 1e-9) if not large else tol * 1e-2
+    gtol = tol * 1e-3 if not large else tol * 1e-2
     # every start runs a short screening pass; the three best are refined to the KKT tolerance
     # (all of them up to 32 variables), which costs a third of refining every start
     screened = []
     for x0 in starts:
-        x, f, it = _lbfgsb(prof, x0, _SCREEN_ITER, gtol)
+        if c <= _NEWTON_MAX_C:
+            x, it = _newton(prof, x0, _SCREEN_NEWTON, gtol)
+            f = prof.value_grad(x, exact=True)[0]
+        else:
+            x, f, it = _lbfgsb(prof, x0, _SCREEN_ITER, gtol)
         n_iter += it
         screened.append((f, x))
     if n_refine is None:
@@ -428,8 +490,17 @@ def ml_factor_analysis(
     finals: List[Tuple[float, int, np.ndarray]] = []
     f_start = [math.inf] * len(starts)
     for i, x0 in to_refine:
-        x, f, it = _lbfgsb(prof, x0, max_iter, gtol)
-        n_iter += it
+        if c <= _NEWTON_MAX_C:
+            # Newton with the analytic Hessian: ~10 steps where L-BFGS-B takes ~100 evaluations
+            x, it = _newton(prof, x0, _NEWTON_STEPS, gtol)
+            n_iter += it
+            f, g = prof.value_grad(x, exact=True)
+            if prof.projected(x, g) > gtol:
+                x, f, it = _lbfgsb(prof, x, max_iter, gtol)
+                n_iter += it
+        else:
+            x, f, it = _lbfgsb(prof, x0, max_iter, gtol)
+            n_iter += it
         f_start[i] = f
         finals.append((f, i, x))
     # the exact objective decides between the candidates
@@ -473,11 +544,11 @@ def ml_factor_analysis(
         if not (fs <= f0 + 1e-10 * max(abs(f0), 1.0) and pgs < pg):
             break
         x, pg = xs, pgs
-    # a uniqueness that ends within three decades of the floor with the KKT sign goes onto the
+    # a uniqueness that ends within six decades of the floor with the KKT sign goes onto the
     # floor when that costs nothing (F is flat there to ~1e-10): boundary values, and the metrics
     # that depend on log Psi (R^2), then do not depend on where the optimiser happened to stop
     f_now, g_now = prof.value_grad(x, exact=True)
-    near = (x <= prof.lower + math.log(1e3)) & (x > prof.lower) & (g_now >= -tol)
+    near = (x <= prof.lower + _SNAP_WITHIN) & (x > prof.lower) & (g_now >= -tol)
     if near.any():
         xs = x.copy()
         xs[near] = prof.lower[near]
@@ -520,7 +591,7 @@ class FactorModel:
         n_iter (int): optimiser iterations.
         converged (bool): whether the KKT conditions hold at the ML solution (see
                     :func:`ml_factor_analysis`).
-        projected_gradient (float): max |projected gradient| in ``log Psi`` at the solution.
+        projected_gradient (float): max ``|projected gradient|`` in ``log Psi`` at the solution.
         n_starts (int): starting points tried.
         heywood (Tensor): bool [C], uniquenesses at the lower bound at a KKT point.
         phi (Tensor, optional): factor correlations [k, k] (the identity for orthogonal rotations).

@@ -57,8 +57,15 @@ class Moments:
 def batch_moments(x: Tensor) -> Moments:
     """Moments of one batch; ``x`` is ``(N, C, H, W)`` or already ``(n, C)``."""
     if x.dim() == 4:
-        c = x.shape[1]
-        flat = x.detach().transpose(0, 1).reshape(c, -1).to(torch.float64)  # (C, n)
+        # (N, C, HW) in float64 without a transposed copy; centred in place, then one small GEMM
+        # per image (bmm) summed: the same co-moment as the (C, N*HW) product
+        n_img, c = x.shape[0], x.shape[1]
+        x64 = x.detach().reshape(n_img, c, -1).to(torch.float64, copy=True)
+        n = x64.shape[0] * x64.shape[2]
+        mean = x64.mean(dim=(0, 2))
+        x64 -= mean[None, :, None]
+        comoment = torch.bmm(x64, x64.transpose(1, 2)).sum(0)
+        return Moments(n, mean, comoment)
     elif x.dim() == 2:
         flat = x.detach().t().to(torch.float64)
     else:

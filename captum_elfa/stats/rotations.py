@@ -423,7 +423,10 @@ def _minimise(A: np.ndarray, crit: _Criterion, oblique: bool, tol: float, max_it
     T = np.eye(A.shape[1])
     it0 = 0
     if not oblique and crit in (_varimax, _quartimax):
-        T, it0 = _svd_iteration(prob, T, 1.0 if crit is _varimax else 0.0, max(tol, 1e-5), min(max_iter, 5000))
+        # the SVD iteration converges linearly: to 1e-5, or to tol itself when that is >= 1e-6
+        # (cheaper there than Newton steps with a finite-difference Hessian)
+        svd_tol = tol if tol >= 1e-6 else max(tol, 1e-5)
+        T, it0 = _svd_iteration(prob, T, 1.0 if crit is _varimax else 0.0, svd_tol, min(max_iter, 5000))
     T, conv, it, f, s, _ = _gpa(prob, T, max(tol, 1e-5), max_iter)
     it += it0
     if s >= tol:
