@@ -337,3 +337,20 @@ def test_min_images_rule():
         min_images(0)
     with pytest.raises(CaptumElfaError, match="n_factors=0"):
         min_images(10, 0)
+
+
+@pytest.mark.parametrize("c,k", [(192, 12), (400, 30)])
+def test_fewer_parallel_draws_on_wide_layers_keep_the_count(c: int, k: int) -> None:
+    """Above 128 channels parallel analysis draws fewer random matrices: the retained count must
+    equal the one from 100 draws, on the spectrum of a generated factor model (k strong factors
+    and a tail of weaker ones, sampled with 20,000 samples)."""
+    from captum_elfa.stats.nfactors import default_parallel_draws
+
+    g = np.random.default_rng(c)
+    w = g.normal(size=(c, k)) * np.linspace(1.0, 0.15, k)[None, :]
+    a = g.normal(size=(20000, k)) @ w.T + g.normal(size=(20000, c))
+    ev = torch.from_numpy(np.linalg.eigvalsh(np.corrcoef(a, rowvar=False))[::-1].copy())
+    assert default_parallel_draws(c) < 100
+    few = parallel_analysis(ev, 20000, random_state=0)[0]
+    full = parallel_analysis(ev, 20000, n_iter=100, random_state=0)[0]
+    assert few == full

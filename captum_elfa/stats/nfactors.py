@@ -132,13 +132,28 @@ def se_scree(eigenvalues: Tensor, n_samples: Optional[int] = None) -> int:
     return max(i, 1)
 
 
-def parallel_eigenvalues(n_channels: int, n_samples: int, n_iter: int = 100, random_state: Optional[int] = 0) -> Tensor:
+def default_parallel_draws(n_channels: int) -> int:
+    """Random draws of parallel analysis: 100 up to 128 channels, then ``100 * 128 / C`` (at
+    least 20), so that the cost (one ``C x C`` eigendecomposition per draw) stays near that of
+    128 channels: 20 draws at 640 channels and more. The 95% quantile per rank is then a coarser
+    order statistic, but at these sizes the random eigenvalues of one rank vary across draws by
+    far less than the gaps between ranks (``tests/test_screening.py`` checks that the retained
+    count agrees with 100 draws)."""
+    return 100 if n_channels <= 128 else max(20, int(100 * 128 / n_channels))
+
+
+def parallel_eigenvalues(
+    n_channels: int, n_samples: int, n_iter: Optional[int] = None, random_state: Optional[int] = 0
+) -> Tensor:
     """Eigenvalues of correlation matrices of uncorrelated normal data, ``[n_iter, C]`` descending.
 
     Each draw is the correlation matrix of ``n_samples`` independent standard normal samples of
     ``n_channels`` variables, sampled exactly (Bartlett decomposition of the Wishart matrix), so
-    the cost does not grow with ``n_samples``.
+    the cost does not grow with ``n_samples``. ``n_iter`` defaults to
+    :func:`default_parallel_draws`.
     """
+    if n_iter is None:
+        n_iter = default_parallel_draws(n_channels)
     rng = np.random.default_rng(random_state)
     c = n_channels
     dof = max(n_samples - 1, c)
@@ -158,7 +173,7 @@ def parallel_eigenvalues(n_channels: int, n_samples: int, n_iter: int = 100, ran
 def parallel_analysis(
     eigenvalues: Tensor,
     n_samples: int,
-    n_iter: int = 100,
+    n_iter: Optional[int] = None,
     quantile: float = 0.95,
     random_state: Optional[int] = 0,
 ) -> tuple[int, Tensor]:
