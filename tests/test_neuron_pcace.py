@@ -72,8 +72,11 @@ def recipe(acts: np.ndarray, y: np.ndarray, k: int, svd_solver: str = "auto") ->
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # PCA of a constant channel
             comp = PCA(n_components=k, svd_solver=svd_solver).fit_transform(StandardScaler().fit_transform(x.tolist()))
+        # ties (identical maps): the package's result depends on the order of the images; ours
+        # is the package's on the images sorted lexicographically by (components..., y)
+        order = np.lexsort([np.asarray(y, dtype=np.float64)] + [comp[:, j] for j in reversed(range(k))])
         solver = ace_pkg.ACESolver()
-        solver.specify_data_set(np.transpose(comp).tolist(), [float(v) for v in y])
+        solver.specify_data_set(np.transpose(comp[order]).tolist(), [float(v) for v in np.asarray(y)[order]])
         with contextlib.redirect_stdout(io.StringIO()), np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             solver.solve()
@@ -193,7 +196,7 @@ def test_targets_inputs_and_conveniences() -> None:
 
 
 def test_chunked_statistics_give_the_same_scores(monkeypatch: pytest.MonkeyPatch) -> None:
-    import captum_elfa.attr.neuron_pcace as module
+    import captum_elfa.stats.pcace as module  # the statistics moved there (issue 11)
 
     net = make_net(side=3, seed=6)
     x = torch.randn(40, 3, 8, 8, generator=torch.Generator().manual_seed(4))

@@ -53,7 +53,9 @@ __all__ = [
     "super_smoother",
     "ACEResult",
     "ace",
+    "canonical_orders",
     "standardized_components",
+    "standardized_spectrum",
     "correlation",
 ]
 
@@ -402,6 +404,52 @@ def _scale_x_transforms(phis: Tensor, theta: Tensor, delrsq: float) -> Tensor:
     return phis * coeffs.unsqueeze(-1)
 
 
+def _lexsort(keys: list[Tensor]) -> Tensor:
+    """Indices sorting the rows lexicographically by ``keys`` ``[B, n]`` (the first key decides
+    first); ties in every key keep their input order."""
+    order = torch.sort(keys[-1], dim=-1, stable=True).indices
+    for key in reversed(keys[:-1]):
+        order = order.gather(-1, torch.sort(key.gather(-1, order), dim=-1, stable=True).indices)
+    return order
+
+
+def _has_ties(values: Tensor, order: Tensor) -> bool:
+    ordered = values.gather(-1, order)
+    return bool((ordered[..., 1:] == ordered[..., :-1]).any())
+
+
+def canonical_orders(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The orders in which :func:`ace` smooths against each predictor and against the response.
+
+    Ties are broken canonically by the other variables of the sample, so that the smoothers see
+    the same sequence whatever the order of the samples: predictor ``k`` is sorted by ``x_k``,
+    then ``x_1, ..., x_m`` without ``x_k``, then ``y``; the response by ``y``, then
+    ``x_1, ..., x_m``. Samples tied in every variable are interchangeable. This is the order the
+    package's stable sorts give when the samples arrive sorted lexicographically by
+    ``(x_1, ..., x_m, y)``.
+
+    Args:
+        x (Tensor): ``[B, m, n]`` predictors.
+        y (Tensor): ``[n]`` or ``[B, n]`` response.
+
+    Returns:
+        (x_order, y_order): ``[B, m, n]`` and ``[n]`` (a shared response without ties) or
+        ``[B, n]`` indices.
+    """
+    batch, m, n = x.shape
+    x_order = torch.sort(x, dim=-1, stable=True).indices
+    yb = y.expand(batch, n)
+    if _has_ties(x, x_order):
+        for k in range(m):
+            if _has_ties(x[:, k], x_order[:, k]):
+                keys = [x[:, k]] + [x[:, j] for j in range(m) if j != k] + [yb]
+                x_order[:, k] = _lexsort(keys)
+    y_order = torch.sort(y, dim=-1, stable=True).indices
+    if _has_ties(y, y_order):
+        y_order = _lexsort([yb] + [x[:, j] for j in range(m)])
+    return x_order, y_order
+
+
 def _sort_rows(values: Tensor, order: Tensor) -> Tensor:
     return values.gather(-1, order.expand(*values.shape[:-1], order.shape[-1]))
 
@@ -423,6 +471,10 @@ def ace(
     Finds theta(y) (mean 0, variance 1) and phi_i(x_i) maximising the correlation between theta
     and ``sum_i phi_i``, alternating super-smoother estimates of ``E[theta - sum_{j!=i} phi_j | x_i]``
     and ``E[sum phi | y]``. Converged problems leave the batch, the others go on.
+
+    Tied values are ordered canonically (:func:`canonical_orders`): the result is a function of
+    the set of samples ``(x_1..x_m, y)``, not of their order, and equals the package's result on
+    the samples sorted lexicographically by ``(x_1, ..., x_m, y)`` (without ties, on any order).
 
     Args:
         x (Tensor): predictors, ``[B, n]`` (one predictor) or ``[B, m, n]``.
@@ -451,10 +503,13 @@ def ace(
     theta = ((y - y.mean(-1, keepdim=True)) / y_std).expand(batch, n).clone()
     phis = x - x.mean(-1, keepdim=True)
     phis = _scale_x_transforms(phis, theta, delrsq)
-    x_order = torch.sort(x, dim=-1, stable=True).indices
+    x_order, y_order = canonical_orders(x, y)
     x_sorted = x.gather(-1, x_order)
-    y_order = torch.sort(y, dim=-1, stable=True).indices
-    y_axis_full = SortedAbscissa(y.gather(-1, y_order))
+    y_sorted = y.expand(batch, n).gather(-1, y_order) if y_order.dim() == 2 else y.gather(-1, y_order)
+    if y_sorted.dim() == 2 and bool((y_sorted == y_sorted[:1]).all()):
+        # rows with the same y values in different pairings (a permutation null): one y axis
+        y_sorted = y_sorted[0]
+    y_axis_full = SortedAbscissa(y_sorted)
 
     rsq = x.new_zeros(batch)
     history = x.new_full((batch, nterm), 100.0)
@@ -462,7 +517,8 @@ def ace(
     active = torch.arange(batch, device=x.device)
     x_axes: list[SortedAbscissa] = [SortedAbscissa(x_sorted[:, k]) for k in range(m)]
     y_axis = y_axis_full
-    shared_y = y.dim() == 1
+    shared_y = y_order.dim() == 1
+    shared_axis = y_axis.x.dim() == 1
 
     for it in range(maxit):
         ph, th, rs = phis.index_select(0, active), theta.index_select(0, active), rsq.index_select(0, active)
@@ -491,7 +547,7 @@ def ace(
             keep = ~done
             active = active[keep]
             x_axes = [ax.subset(keep.nonzero().squeeze(-1)) for ax in x_axes]
-            if not shared_y:
+            if not shared_axis:
                 y_axis = y_axis.subset(keep.nonzero().squeeze(-1))
     return ACEResult(phis, theta, rsq, outer)
 
@@ -543,6 +599,21 @@ def _update_y_transform(
 def standardized_components(acts: Tensor, n_components: int) -> tuple[Tensor, Tensor]:
     """Standardise each pixel position over the images, then project on the leading principal axes.
 
+    See :func:`standardized_spectrum`, which also returns the leading eigenvalues.
+
+    Returns:
+        (components, constant): ``[C, n_components, N]`` float64 scores and the ``[C]`` bool mask
+        of constant channels.
+    """
+    scores, constant, _, _ = standardized_spectrum(acts, n_components)
+    return scores, constant
+
+
+def standardized_spectrum(
+    acts: Tensor, n_components: int, n_eigenvalues: int = 0
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Standardise each pixel position over the images, then project on the leading principal axes.
+
     Per channel, as scikit-learn's ``StandardScaler().fit_transform`` followed by
     ``PCA(n_components).fit_transform``: a column whose variance is zero up to rounding
     (scikit-learn's rule) is centred but not scaled, and each principal axis is signed so that its
@@ -554,11 +625,15 @@ def standardized_components(acts: Tensor, n_components: int) -> tuple[Tensor, Te
         acts (Tensor): ``[C, N, P]`` activations of ``C`` channels for ``N`` images and ``P``
                     pixel positions (any float dtype; computed in float64).
         n_components (int): number of components, at most ``min(N, P)``.
+        n_eigenvalues (int): leading eigenvalues to return, at least ``n_components`` (smaller
+                    values count as ``n_components``); those beyond ``min(N, P)`` are 0.
 
     Returns:
-        (components, constant): ``[C, n_components, N]`` float64 principal-component scores and a
-        ``[C]`` bool mask of channels whose every pixel position is constant over the images
-        (their components are 0).
+        (components, constant, eigenvalues, total): ``[C, n_components, N]`` float64
+        principal-component scores, a ``[C]`` bool mask of channels whose every pixel position is
+        constant over the images (their components are 0), ``[C, e]`` the leading eigenvalues of
+        the standardised maps' Gram matrix, largest first, and ``[C]`` its trace (eigenvalues
+        are ``N`` times those of the covariance; ratios are what matter).
     """
     c, n, p = acts.shape
     if not 1 <= n_components <= min(n, p):
@@ -572,15 +647,17 @@ def standardized_components(acts: Tensor, n_components: int) -> tuple[Tensor, Te
     # 1 / scale, with constant columns (scikit-learn: centred, scale 1) set to exactly 0
     inv_scale = (1.0 / var.sqrt().masked_fill_(constant_col, 1.0)).masked_fill_(constant_col, 0.0)
     constant = constant_col.all(-1).squeeze(-1)
+    n_eig = min(max(n_components, n_eigenvalues), min(n, p))
     if p <= n:
         # covariance of the standardised columns, scaled after the product of the centred ones
         gram = (z.transpose(1, 2) @ z).mul_(inv_scale.transpose(1, 2)).mul_(inv_scale)  # [C, P, P]
-        evals, axes = _leading_eigenpairs(gram, n_components)  # axes [C, P, k]
+        evals, axes = _leading_eigenpairs(gram, n_eig)  # axes [C, P, e]
+        axes = axes[..., :n_components]
     else:
         z.mul_(inv_scale)
         gram = z @ z.transpose(1, 2)  # [C, N, N]
-        evals, u = _leading_eigenpairs(gram, n_components)
-        axes = z.transpose(1, 2) @ u  # [C, P, k]
+        evals, u = _leading_eigenpairs(gram, n_eig)
+        axes = z.transpose(1, 2) @ u[..., :n_components]  # [C, P, k]
         axes = axes / axes.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
         inv_scale = torch.ones_like(inv_scale)
     total = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1, keepdim=True)
@@ -595,9 +672,12 @@ def standardized_components(acts: Tensor, n_components: int) -> tuple[Tensor, Te
     # maps (all-zero ReLU maps) give exactly identical scores, i.e. ties
     weights = axes * inv_scale.transpose(1, 2)  # [C, P, k]
     scores = torch.stack([(z * weights[..., j].unsqueeze(1)).sum(-1) for j in range(n_components)], 1)
-    degenerate = evals <= 1e-12 * total.clamp_min(0)
+    degenerate = evals[:, :n_components] <= 1e-12 * total.clamp_min(0)
     scores = scores.masked_fill(degenerate.unsqueeze(-1) | constant.view(c, 1, 1), 0.0)
-    return scores, constant
+    want = max(n_components, n_eigenvalues)
+    if want > n_eig:
+        evals = torch.cat([evals, evals.new_zeros(c, want - n_eig)], 1)
+    return scores, constant, evals.clamp_min(0.0), total.squeeze(-1)
 
 
 def _leading_eigenpairs(mats: Tensor, k: int) -> tuple[Tensor, Tensor]:
