@@ -281,3 +281,44 @@ def test_target_int_types_layer_names_and_ranking() -> None:
         NeuronPCACE(net, "nope")
     with pytest.raises(CaptumElfaError, match="not an nn.Module"):
         NeuronPCACE(lambda v: net(v), "act")
+
+
+class _ChannelsLastNet(nn.Module):
+    """conv -> permute to NHWC -> Linear on the channels (a ConvNeXt-style block) -> head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.mix = nn.Linear(6, 5)
+        self.head = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.mix(torch.relu(self.conv(x)).permute(0, 2, 3, 1))  # (N, H, W, 5)
+        return self.head(h.mean((1, 2)))
+
+
+def test_channels_last_layer_needs_channel_dim_and_matches_hand_permutation() -> None:
+    model = _ChannelsLastNet().eval()
+    x = torch.randn(40, 3, 6, 6)
+    with pytest.raises(CaptumElfaError, match="channel_dim"):
+        NeuronPCACE(model, model.mix).attribute(x, target=0, progress=False, n_permutations=0)
+    got = NeuronPCACE(model, model.mix, channel_dim=-1).attribute(x, target=0, progress=False, n_permutations=0)
+    # by hand: the NHWC activations permuted to NCHW, scored through an identity "model" whose
+    # target is the real model's logit
+    with torch.no_grad():
+        acts = model.mix(torch.relu(model.conv(x)).permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+        logits = model(x)[:, 0]
+    ident = nn.Identity()
+    ref = NeuronPCACE(lambda a: ident(a), ident).attribute(  # one batch of 40: the target is every logit
+        acts, target=lambda out: logits, batch_size=64, progress=False, n_permutations=0
+    )
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-9)
+
+
+def test_pcace_refuses_all_calls_and_checks_batch_size() -> None:
+    model = SparseNet().eval()
+    with pytest.raises(CaptumElfaError, match="call_index='all'"):
+        NeuronPCACE(model, model.act, call_index="all")
+    with pytest.raises(CaptumElfaError, match="batch_size"):
+        NeuronPCACE(model, model.act).attribute(torch.randn(12, 3, 8, 8), target=0, batch_size=0, progress=False)

@@ -19,7 +19,14 @@ from captum.attr import NeuronAttribution
 from torch import Tensor, nn
 
 from captum_elfa import _distributed as _dist
-from captum_elfa._capture import Inputs, LayerCapture, check_activation_shape, iter_batches
+from captum_elfa._capture import (
+    Inputs,
+    LayerCapture,
+    LayerLayout,
+    TokenGrid,
+    check_activation_shape,
+    iter_batches_with_args,
+)
 from captum_elfa._progress import n_batches as _n_batches
 from captum_elfa._progress import progress_bar
 from captum_elfa._validation import CaptumElfaError, NotFittedError, check_float, check_int, is_int
@@ -195,14 +202,14 @@ class NeuronPCACE(NeuronAttribution):
         n_images\_ (int), n_components\_ (int), activation_shape\_ (tuple ``(C, H, W)``),
         activation_bytes\_ (int, size of the float32 activation buffer), layer_name\_ (str).
         diagnostics\_ (PCACEDiagnostics): eigen-gap ``lambda1 / lambda2``, explained variance,
-                    tied and zero fractions, ``constant`` and ``ill_defined`` flags per channel.
+        tied and zero fractions, ``constant`` and ``ill_defined`` flags per channel.
         n_permutations\_, n_bootstrap\_ (int), random_state\_, confidence\_.
         null_scores\_ (Tensor or None): ``[P, C]`` scores against permuted targets.
         p_values\_ (Tensor or None): ``[C]`` per-channel permutation p-values
-                    ``(1 + #{null >= score}) / (P + 1)``.
+        ``(1 + #{null >= score}) / (P + 1)``.
         null_quantiles\_ (dict or None): ``{0.5: Tensor[C], 0.95: Tensor[C]}`` of the null.
         threshold\_ (float or None): 95th percentile over permutations of the maximum null
-                    score over channels; above it a channel is significant (FWER 5%).
+        score over channels; above it a channel is significant (FWER 5%).
         significant\_ (Tensor or None): ``[C]`` bool, ``scores_ > threshold_``.
         bootstrap_scores\_ (Tensor or None): ``[B, C]`` scores on resampled images.
         intervals\_ (Tensor or None): ``[C, 2]`` percentile intervals at level ``confidence_``.
@@ -212,19 +219,40 @@ class NeuronPCACE(NeuronAttribution):
     """
 
     def __init__(
-        self, forward_func: Callable, layer: Union[nn.Module, str], device_ids: Optional[List[int]] = None
+        self,
+        forward_func: Callable,
+        layer: Union[nn.Module, str],
+        device_ids: Optional[List[int]] = None,
+        *,
+        channel_dim: Optional[int] = None,
+        token_grid: TokenGrid = None,
+        drop_tokens: int = 0,
+        call_index: Any = -1,
     ) -> None:
         r"""
         Args:
             forward_func (Callable or torch.nn.Module): the model, or any function running it.
             layer (torch.nn.Module or str): the layer whose channels are ranked; its output is
-                        ``(N, C, H, W)`` or ``(N, C)`` (treated as ``H = W = 1``). A string is a
-                        name of ``forward_func.named_modules()`` (``forward_func`` must then be
-                        an ``nn.Module``), resolved here.
-            device_ids (list[int], optional): kept for Captum's signature; the layer must run
-                        once per forward pass (a DataParallel replica setup is not supported).
+                        ``(N, C, H, W)`` or ``(N, C)`` (treated as ``H = W = 1``), or another
+                        layout described by ``channel_dim``. A string is a name of
+                        ``forward_func.named_modules()`` (``forward_func`` must then be an
+                        ``nn.Module``), resolved here.
+            device_ids (list[int], optional): kept for Captum's signature (a DataParallel
+                        replica setup is not supported).
+            channel_dim, token_grid, drop_tokens, call_index: the layer's layout, as for
+                        :class:`~captum_elfa.LayerFactorAnalysis` (see
+                        :class:`captum_elfa._capture.LayerLayout`): channels-last and token
+                        layers need ``channel_dim=-1``; ``call_index`` selects one call of a
+                        module run several times per forward pass (``"all"`` is refused: the
+                        target has one value per image).
         """
         layer = _resolve_layer(forward_func, layer)
+        if isinstance(call_index, str):
+            raise CaptumElfaError(
+                f"call_index={call_index!r} is not valid for PCACE: the target has one value per image, "
+                "so one call of the layer must be chosen; pass an int (e.g. -1 for the last call)"
+            )
+        self.layout = LayerLayout(channel_dim, token_grid, drop_tokens, call_index)
         NeuronAttribution.__init__(self, forward_func, layer, device_ids)
         self._ace: Optional[ACEResult] = None
         self._rows: Optional[Tensor] = None
@@ -300,19 +328,25 @@ class NeuronPCACE(NeuronAttribution):
             >>> channels, top = pc.rank_channels()
             >>> t = pc.ace_transforms(int(channels[0]))          # plot t.phi[0] vs t.component[0]
         """
-        n_components = self._check_n_components(n_components)
-        target = self._check_target_type(target)
-        n_permutations = check_int("n_permutations", n_permutations, minimum=0)
-        n_bootstrap = check_int("n_bootstrap", n_bootstrap, minimum=0)
-        if random_state is not None:
-            random_state = check_int("random_state", random_state, minimum=0)
-        confidence = check_float("confidence", confidence, minimum=0.0, maximum=1.0, open_min=True, open_max=True)
         sync = distributed and _dist.is_distributed()
-        if not sync and isinstance(inputs, Tensor) and inputs.dim() > 0 and inputs.shape[0] < MIN_IMAGES:
-            raise CaptumElfaError(
-                f"PCACE needs at least {MIN_IMAGES} images, got {inputs.shape[0]}; pass more images "
-                "(the authors use 300 of one class)"
-            )
+        try:  # every argument check runs before the first collective; a failing rank joins it as failed
+            n_components = self._check_n_components(n_components)
+            target = self._check_target_type(target)
+            n_permutations = check_int("n_permutations", n_permutations, minimum=0)
+            n_bootstrap = check_int("n_bootstrap", n_bootstrap, minimum=0)
+            if random_state is not None:
+                random_state = check_int("random_state", random_state, minimum=0)
+            confidence = check_float("confidence", confidence, minimum=0.0, maximum=1.0, open_min=True, open_max=True)
+            batch_size = check_int("batch_size", batch_size, minimum=1)
+            if not sync and isinstance(inputs, Tensor) and inputs.dim() > 0 and inputs.shape[0] < MIN_IMAGES:
+                raise CaptumElfaError(
+                    f"PCACE needs at least {MIN_IMAGES} images, got {inputs.shape[0]}; pass more images "
+                    "(the authors use 300 of one class)"
+                )
+        except BaseException:
+            if sync:
+                _join_failed()
+            raise
         acts, y, layer_name, spatial = self._capture(
             inputs, target, n_components, additional_forward_args, progress, batch_size, sync
         )
@@ -379,22 +413,31 @@ class NeuronPCACE(NeuronAttribution):
         sync: bool = False,
     ) -> tuple[Tensor, Tensor, str, tuple]:
         total = int(inputs.shape[0]) if isinstance(inputs, Tensor) and inputs.dim() > 0 else None
-        cap = LayerCapture(self.forward_func, self.layer, lambda a, i: store.add(a, i))
-        store = _ActivationStore(total, cap.layer_name, n_components)
         ys: List[Tensor] = []
         try:
+            lay = self.layout
+            cap = LayerCapture(
+                self.forward_func,
+                self.layer,
+                lambda a, i: store.add(a, i),
+                channel_dim=lay.channel_dim,
+                token_grid=lay.token_grid,
+                drop_tokens=lay.drop_tokens,
+                call_index=lay.call_index,
+                what="NeuronPCACE",
+            )
+            store = _ActivationStore(total, cap.layer_name, n_components)
             with cap:
-                batches = iter_batches(inputs, batch_size)
-                for i, batch in enumerate(progress_bar(batches, progress, "PCACE", _n_batches(inputs, batch_size))):
+                batches = iter_batches_with_args(inputs, batch_size, additional_forward_args)
+                for i, (batch, extra) in enumerate(
+                    progress_bar(batches, progress, "PCACE", _n_batches(inputs, batch_size))
+                ):
                     before = store.count
-                    output = cap.run(batch, i, additional_forward_args)
+                    output = cap.run(batch, i, extra)
                     ys.append(_select_target(output, target, store.count - before, i))
-        except Exception:
+        except BaseException:
             if sync:  # join the collective as failed: the other ranks raise instead of waiting
-                try:
-                    _dist.gather_header([0, -1, -1, -1], failed=True)
-                except Exception:  # pragma: no cover - the original error matters more
-                    pass
+                _join_failed()
             raise
         if sync:
             local = (store.result(), torch.cat(ys)) if ys and store.count > 0 else None
@@ -537,6 +580,15 @@ def _gather_ranks(local: Optional[tuple[Tensor, Tensor]], spatial: Optional[tupl
     all_acts = _dist.all_gather_padded(acts.to(torch.float32), sizes, 1)
     all_y = _dist.all_gather_padded(y, sizes, 0)
     return torch.cat(all_acts, 1), torch.cat(all_y), (c, h, w)
+
+
+def _join_failed() -> None:
+    """Join the first collective of :func:`_gather_ranks` as a failed rank (the others raise a
+    ``DistributedError`` instead of waiting for the timeout)."""
+    try:
+        _dist.gather_header([0, -1, -1, -1], failed=True)
+    except Exception:  # pragma: no cover - the original error matters more
+        pass
 
 
 def _resolve_layer(forward_func: Callable, layer: Any) -> nn.Module:
