@@ -80,6 +80,48 @@ print(f"{len(threes)} images of class 3; scores of all {scores.numel()} channels
 print("top 5 channels:", ranking.channels[:5].tolist(), "scores", np.round(ranking.scores[:5].numpy(), 3))
 print("constant channels (score 0):", pc.constant_channels_.tolist())
 
+# %% [markdown]
+# ## Read a score next to its null
+#
+# ACE's maximal correlation is far above 0 even for a target unrelated to the channel: with few
+# images a smoother through a handful of points correlates with anything. So `attribute` also
+# scores every channel against 20 seeded **permutations** of the target (`n_permutations`, 0 turns
+# it off). A channel's `p_values_` entry is the share of its permuted scores at or above its real
+# score; `threshold_` is the 95th percentile over the permutations of the **best** channel's
+# permuted score, so a channel above it is significant with a family-wise error of 5% over all
+# channels. With 20 permutations the smallest possible p-value is 1/21.
+
+# %%
+print(f"threshold (FWER 5%): {pc.threshold_:.3f} at {pc.n_images_} images")
+print("median null score over channels:", round(float(pc.null_quantiles_[0.5].median()), 3))
+print("significant channels:", int(pc.significant_.sum()), "of", pc.scores_.numel())
+print("top 5 p-values:", np.round(ranking.p_values[:5].numpy(), 3).tolist())
+print("channels with an ill-defined PC1 (eigen-gap too small):", int(pc.diagnostics_.ill_defined.sum()))
+
+# %% [markdown]
+# The same layer against a **shuffled** target shows what chance looks like: scores of the same
+# size as above, and (usually) no channel above its threshold, which `attribute` says in a
+# `PCACEWarning`.
+
+# %%
+import warnings
+
+g = torch.Generator().manual_seed(0)
+shuffled = pc.target_scores_[torch.randperm(len(threes), generator=g)].clone()
+pc_null = NeuronPCACE(model, model.relu2)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    # one batch holding every image, so the callable target can return the whole shuffled vector
+    pc_null.attribute(threes, target=lambda out: shuffled, batch_size=len(threes), progress=False)
+print("shuffled target: top score", round(float(pc_null.scores_.max()), 3), "threshold", round(pc_null.threshold_, 3))
+print("significant:", int(pc_null.significant_.sum()))
+for w in caught:
+    print("warning:", str(w.message)[:160])
+
+# %% [markdown]
+# The ranking figure draws each channel's null (the 95% quantile of its permuted scores) behind
+# its bar and the family-wise threshold as a line; channels below it are drawn light.
+
 # %%
 from captum_elfa.visualization import plot_pcace_ranking
 
