@@ -75,6 +75,7 @@ except ImportError as exc:  # captum without insights, or flask / flask-compress
 from captum.attr import Attribution
 
 from captum_elfa._validation import CaptumElfaError
+from captum_elfa.attr._lfa_maps import NORMALIZATIONS
 from captum_elfa.attr.analyze import analyze
 from captum_elfa.attr.analyzers import EFAM, GradCAM, SmoothGrad
 
@@ -100,7 +101,8 @@ SMOOTHGRAD_NAME = "SmoothGrad (ELFA)"
 
 _INTERPOLATE_CHOICES = ["bilinear", "nearest", "bicubic", "area"]
 _BOOL_CHOICES = ["True", "False"]
-_NORMALIZE_CHOICES = ["max_min", "relu", "max", "none"]
+# the EFAM normalisations, with None spelt "none" (the UI sends strings)
+_NORMALIZE_CHOICES = ["none" if n is None else n for n in NORMALIZATIONS]
 
 
 # -- argument parsing (the UI sends numbers as ints and everything else as strings; Insights

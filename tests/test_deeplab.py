@@ -15,9 +15,9 @@ from captum.attr import LayerAttribution
 
 from captum_elfa import CaptumElfaError, LayerFactorAnalysis, NeuronPCACE
 from captum_elfa.attr.compare_layers import compare_layers
-from helpers import assert_same_state, model_state
+from helpers import assert_same_state, model_state, require
 
-torchvision = pytest.importorskip("torchvision")
+torchvision = require("torchvision")
 
 pytestmark = pytest.mark.filterwarnings("ignore:Heywood case:RuntimeWarning")
 

@@ -12,15 +12,17 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from factor_analyzer.factor_analyzer import calculate_bartlett_sphericity, calculate_kmo
-from sklearn.decomposition import FactorAnalysis
 
 from captum_elfa import LayerFactorAnalysis
 from captum_elfa.stats.nfactors import ledermann_bound, variance_fraction
-from helpers import SmallCNN, layer_matrix, standardise
+from helpers import SmallCNN, layer_matrix, require, standardise
 
-elfa_criteria = pytest.importorskip("elfa.criteria")
-from elfa import attr_maps, layerfa  # noqa: E402
+_fa = require("factor_analyzer.factor_analyzer")
+calculate_bartlett_sphericity, calculate_kmo = _fa.calculate_bartlett_sphericity, _fa.calculate_kmo
+FactorAnalysis = require("sklearn.decomposition").FactorAnalysis
+elfa_criteria = require("elfa.criteria")
+attr_maps = require("elfa.attr_maps")
+layerfa = require("elfa.layerfa")
 
 
 @pytest.fixture(scope="module")

@@ -248,7 +248,12 @@ def _nan_first(t):
         (lambda s: s["result"].pop("stability"), "missing fields"),
         (lambda s: s["result"].__setitem__("extra", 1), "unexpected fields"),
         (lambda s: s.__setitem__("version", 1), "version 1"),
-        (lambda s: s.__setitem__("version", 3), "version 3"),
+        (lambda s: s.__setitem__("version", 4), "version 4"),
+        (lambda s: s.pop("layout"), "keys"),
+        (lambda s: s["layout"].__setitem__("drop_tokens", -1), "layout.*drop_tokens"),
+        (lambda s: s["layout"].__setitem__("token_grid", [0, 3]), "layout.*token_grid"),
+        (lambda s: s["layout"].pop("channel_dim"), "layout.*keys"),
+        (lambda s: s.__setitem__("activation_shape", [16, -1, 8]), "activation_shape"),
         (lambda s: s.__setitem__("surprise", 0), "keys"),
         (_set("live_channels", lambda t: t[:-1].clone()), "partition|shape"),
     ],
@@ -258,6 +263,64 @@ def test_tampered_files_are_refused(saved, tmp_path, edit, match):
     bad = _tamper(path, tmp_path, edit)
     with pytest.raises(CaptumElfaError, match=match):
         LayerFactorAnalysis.load(bad, model, model.relu2)
+
+
+def test_v3_file_restores_its_layout_and_refuses_another(x300, tmp_path):
+    """Format 3 saves the layout: load restores it; a conflicting layout argument is refused."""
+    model = _model()
+    lfa = LayerFactorAnalysis(model, model.relu2, channel_dim=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lfa.fit(x300, n_factors=3, progress=False)
+    path = tmp_path / "v3.pt"
+    lfa.save(path)
+    state = torch.load(path, weights_only=True)
+    assert state["version"] == 3 and state["layout"]["channel_dim"] == 1
+    assert state["layout"]["call_index"] == lfa.layout.call_index
+    back = LayerFactorAnalysis.load(path, model, model.relu2)
+    assert back.layout == lfa.layout and back.layout.channel_dim == 1
+    torch.testing.assert_close(back.attribute(x300[:4]), lfa.attribute(x300[:4]))
+    same = LayerFactorAnalysis.load(path, model, model.relu2, channel_dim=1)  # equal to the saved one: fine
+    assert same.layout == lfa.layout
+    with pytest.raises(CaptumElfaError, match="channel_dim=1 but load was given channel_dim=-1"):
+        LayerFactorAnalysis.load(path, model, model.relu2, channel_dim=-1)
+    with pytest.raises(CaptumElfaError, match="drop_tokens=0 but load was given drop_tokens=2"):
+        LayerFactorAnalysis.load(path, model, model.relu2, drop_tokens=2)
+
+
+def test_v2_file_loads_with_the_layout_passed(saved, x300, tmp_path):
+    """A format-2 file (written before the layout was saved) still loads, with the arguments' layout."""
+    model, lfa, path = saved
+    state = torch.load(path, weights_only=True)
+    state.pop("layout")
+    state["version"] = 2
+    v2 = tmp_path / "v2.pt"
+    torch.save(state, v2)
+    back = LayerFactorAnalysis.load(v2, model, model.relu2)
+    assert back.layout == LayerFactorAnalysis(model, model.relu2).layout  # the constructor's defaults
+    assert back.report() == lfa.report()
+    torch.testing.assert_close(back.attribute(x300[:4]), lfa.attribute(x300[:4]))
+    given = LayerFactorAnalysis.load(v2, model, model.relu2, channel_dim=1)
+    assert given.layout.channel_dim == 1
+    state["layout"] = {"channel_dim": 1, "token_grid": None, "drop_tokens": 0, "call_index": -1}
+    torch.save(state, v2)  # a version-2 file with a layout is not a file this package wrote
+    with pytest.raises(CaptumElfaError, match="keys"):
+        LayerFactorAnalysis.load(v2, model, model.relu2)
+
+
+def test_fitted_attributes_are_views_of_one_state(saved):
+    """Every public fitted attribute is the field of the one fitted state (nothing copied by hand)."""
+    from dataclasses import fields
+
+    from captum_elfa.stats.pipeline import ELFAResult
+
+    _, lfa, _ = saved
+    for f in fields(ELFAResult):
+        assert getattr(lfa, f.name + "_") is getattr(lfa.fitted_.result, f.name)
+    assert lfa.result_ is lfa.fitted_.result and lfa.layer_name_ == lfa.fitted_.layer_name == "relu2"
+    assert lfa.activation_shape_ == lfa.fitted_.activation_shape and lfa.fitted_.layout is lfa.layout
+    fresh = LayerFactorAnalysis(_model(), _model().relu2)
+    assert not hasattr(fresh, "loadings_") and not hasattr(fresh, "fitted_")
 
 
 def test_loading_onto_another_layer_says_so(saved):

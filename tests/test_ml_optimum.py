@@ -16,14 +16,15 @@ from typing import Dict, List, Tuple
 import numpy as np
 import pytest
 import torch
-from sklearn.decomposition import FactorAnalysis
 from threadpoolctl import threadpool_limits
 from torch import nn
 
 from captum_elfa.stats.factor_model import KKT_TOL, PSI_FLOOR, fit_factor_model, ml_factor_analysis
 from captum_elfa.stats.moments import batch_moments
+from helpers import require
 
-torchvision = pytest.importorskip("torchvision")
+FactorAnalysis = require("sklearn.decomposition").FactorAnalysis
+torchvision = require("torchvision")
 
 
 class _DigitNet(nn.Module):

@@ -28,9 +28,10 @@ from captum_elfa.stats.rotations import (
     rotate,
     rotate_score_weights,
 )
+from helpers import require
 
-factor_analyzer = pytest.importorskip("factor_analyzer")
-from factor_analyzer import Rotator  # noqa: E402
+factor_analyzer = require("factor_analyzer")
+Rotator = factor_analyzer.Rotator
 
 GRID = [(c, k) for c in (6, 20, 64, 128) for k in (2, 3, 5, 8) if (c - k) ** 2 - (c + k) >= 0]
 

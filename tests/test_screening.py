@@ -38,8 +38,9 @@ from captum_elfa.stats.screening import (
     min_images,
     screen_channels,
 )
+from helpers import require
 
-fa = pytest.importorskip("factor_analyzer.factor_analyzer")
+fa = require("factor_analyzer.factor_analyzer")
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -301,8 +302,8 @@ def test_criteria_table_is_the_single_criteria_side_by_side(seed):
 
 def test_scree_matches_elfa_on_resnet18_layer3():
     """The scree's count on a random-init ResNet-18 layer3 is the reference's on the same data."""
-    elfa_criteria = pytest.importorskip("elfa.criteria")
-    torchvision = pytest.importorskip("torchvision")
+    elfa_criteria = require("elfa.criteria")
+    torchvision = require("torchvision")
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None).eval()
     acts = []

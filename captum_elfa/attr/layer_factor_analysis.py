@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
 import warnings
-from dataclasses import fields
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
@@ -12,18 +10,18 @@ from captum.attr import LayerAttribution
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
-from captum_elfa._capture import Inputs, LayerCapture, LayerLayout, TokenGrid, iter_batches_with_args
+from captum_elfa._capture import CallIndex, Inputs, LayerCapture, LayerLayout, TokenGrid, iter_batches_with_args
 from captum_elfa._capture import layer_name as _lname
 from captum_elfa._distributed import is_distributed
-from captum_elfa._progress import n_batches as _n_batches
-from captum_elfa._progress import progress_bar
 from captum_elfa._validation import CaptumElfaError, NotFittedError, check_choice
-from captum_elfa.attr import _lfa_io
-from captum_elfa.stats.moments import Moments, RunningMoments
-from captum_elfa.stats.nfactors import NFactorsSpec
-from captum_elfa.stats.pipeline import ELFAResult, fit_elfa
+from captum_elfa.attr import _lfa_io, _lfa_report
+from captum_elfa.attr._lfa_io import FittedELFA
+from captum_elfa.attr._lfa_maps import NORMALIZATIONS, contract, factor_indices, normalize_maps, short_repr
+from captum_elfa.attr._lfa_stream import stream_moments
+from captum_elfa.stats.moments import Moments
+from captum_elfa.stats.nfactors import N_FACTORS_METHODS, NFactorsSpec, check_n_factors_spec
+from captum_elfa.stats.pipeline import fit_elfa
 from captum_elfa.stats.rotations import ROTATIONS, check_rotation_kwargs
-from captum_elfa.stats.stability import SplitHalfMoments
 
 try:  # captum's usage logger (a no-op outside Meta)
     from captum.log import log_usage
@@ -33,11 +31,9 @@ except ImportError:  # pragma: no cover
         return lambda f: f
 
 
-__all__ = ["LayerFactorAnalysis"]
+__all__ = ["LayerFactorAnalysis", "N_FACTORS_METHODS", "NORMALIZATIONS"]
 
-NORMALIZATIONS = ("max_min", "relu", "max", None)
-N_FACTORS_METHODS = ("kaiser", "scree", "parallel")
-_RESULT_FIELDS = tuple(f.name for f in fields(ELFAResult))
+_SAVED = _lfa_io.SAVED
 
 
 class LayerFactorAnalysis(LayerAttribution):
@@ -63,6 +59,12 @@ class LayerFactorAnalysis(LayerAttribution):
     communalities are ``diag(Λ Φ Λᵀ)`` and factor scores the regression scores
     ``Φ Λᵀ Σ⁻¹ x`` (for orthogonal rotations ``Φ = I`` and these are scikit-learn's).
 
+    Fitted attributes: ``fitted_`` (a :class:`~captum_elfa.attr._lfa_io.FittedELFA`, the one
+    fitted state), ``result_`` (its :class:`~captum_elfa.stats.pipeline.ELFAResult`), every field
+    ``f`` of that result as ``f_`` (``loadings_``, ``uniquenesses_``, ``n_factors_``,
+    ``adequacy_``, ``metrics_``, ...), ``layer_name_`` and ``activation_shape_``. They are
+    read-only views of ``fitted_`` and raise ``NotFittedError`` before :meth:`fit`.
+
     What a number can say: the statistics treat every pixel as a sample, but the pixels of one
     image are strongly dependent, so the effective sample size is closer to ``n_images_``; a fit
     on fewer than ``min_images_`` images is flagged (``report()["cautions"]``) and warned about.
@@ -85,9 +87,10 @@ class LayerFactorAnalysis(LayerAttribution):
                     ``[N, 1, L, 1]``. Default: None.
         drop_tokens (int): leading tokens of a token output left out of the fit and the maps
                     (ViT's CLS token: 1). Default: 0.
-        call_index (int): the call of a module that runs several times per forward pass
-                    (ResNet's ``BasicBlock.relu``) whose output is used; negative counts from
-                    the end. Default: -1, the last call (as Captum's ``LayerGradCam``).
+        call_index (int, None or "all"): the call of a module that runs several times per
+                    forward pass (ResNet's ``BasicBlock.relu``) whose output is used; negative
+                    counts from the end (see :class:`~captum_elfa._capture.LayerLayout`).
+                    Default: -1, the last call (as Captum's ``LayerGradCam``).
 
     Examples::
 
@@ -113,12 +116,24 @@ class LayerFactorAnalysis(LayerAttribution):
         channel_dim: Optional[int] = None,
         token_grid: TokenGrid = None,
         drop_tokens: int = 0,
-        call_index: int = -1,
+        call_index: CallIndex = -1,
     ) -> None:
         if not isinstance(layer, nn.Module):
             raise CaptumElfaError(f"layer must be a torch.nn.Module, got {type(layer).__name__}")
         LayerAttribution.__init__(self, forward_func, layer, device_ids)
         self.layout = LayerLayout(channel_dim, token_grid, drop_tokens, call_index)
+        self._fitted: Optional[FittedELFA] = None
+
+    @property
+    def fitted_(self) -> FittedELFA:
+        """The fitted state (result, layer name, activation shape, layout): what :meth:`save` writes."""
+        st = getattr(self, "_fitted", None)
+        if st is None:
+            raise NotFittedError(
+                "LayerFactorAnalysis has no fitted attributes before fit; call fit(inputs) first "
+                "(or LayerFactorAnalysis.load(path, model, layer))"
+            )
+        return st
 
     def _capture(self, on_output: Callable[[Tensor, int], None]) -> LayerCapture:
         lay = self.layout
@@ -212,82 +227,40 @@ class LayerFactorAnalysis(LayerAttribution):
             >>> lfa = LayerFactorAnalysis(model, model.layer2).fit(loader, n_factors="parallel")
         """
         sync = distributed and is_distributed()
-        acc: Union[RunningMoments, SplitHalfMoments] = RunningMoments()
-        spatial: dict = {}
 
-        def on_output(a: Tensor, index: int) -> None:
-            if "shape" not in spatial:
-                spatial["shape"] = tuple(a.shape[1:])
-            elif a.shape[1] != spatial["shape"][0]:
-                raise CaptumElfaError(
-                    f"batch {index}: layer '{cap.layer_name}' has {a.shape[1]} channels, "
-                    f"earlier batches had {spatial['shape'][0]}"
-                )
-            acc.update(a, index)
-
-        # every check runs inside the try: a rank failing one joins the first collective as failed,
-        # so the other ranks raise a DistributedError at once instead of waiting for the timeout
-        try:
+        def validate() -> tuple:  # runs inside the streaming's try (see stream_moments)
             check_choice("rotation", rotation, ROTATIONS)
             rkw = check_rotation_kwargs(rotation, rotation_kwargs or {})
-            self._check_n_factors_type(n_factors)
+            nf = check_n_factors_spec(n_factors)
             if stability and sync:
                 raise CaptumElfaError(
                     "stability=True is not available with torch.distributed yet; pass distributed=False "
                     "(fit on this rank's images) or stability=False"
                 )
-            if stability:
-                acc = SplitHalfMoments(0 if random_state is None else random_state)
-            batches = iter_batches_with_args(inputs, batch_size, additional_forward_args)
-            cap = self._capture(on_output)
-            with cap:
-                n_batches = 0
-                for i, (batch, extra) in enumerate(
-                    progress_bar(batches, progress, "ELFA fit", _n_batches(inputs, batch_size))
-                ):
-                    cap.run(batch, i, extra)
-                    n_batches += 1
-        except BaseException:
-            if sync and isinstance(acc, RunningMoments):  # join the collective as failed: no rank waits
-                try:
-                    acc.all_reduce(failed=True)
-                except Exception:  # pragma: no cover - the original error matters more
-                    pass
-            raise
-        if sync and isinstance(acc, RunningMoments):  # every rank now holds all ranks' statistics
-            acc.all_reduce()
-            n_batches = acc.batches
-            if acc.spatial is not None:
-                spatial["shape"] = acc.spatial
-        if n_batches == 0 or acc.moments is None:
-            raise CaptumElfaError(
-                "inputs yielded no batch (an empty DataLoader or iterable); pass at least one batch of images"
-            )
-        bad = acc.first_nonfinite()
-        if bad >= 0:
-            rank = getattr(acc, "nonfinite_rank", None)
-            raise CaptumElfaError(
-                f"layer '{cap.layer_name}' produced NaN or Inf activations in batch {bad}"
-                f"{'' if rank is None else f' of rank {rank}'}; "
-                "check the inputs and the model (every activation must be finite)"
-            )
-        halves = None
-        if isinstance(acc, SplitHalfMoments):
-            ma, mb = acc.halves()
-            halves = (ma, mb, acc.n_images_a, acc.n_images_b)
-            n_images = acc.n_images_a + acc.n_images_b
-        else:
-            n_images = acc.images
+            return nf, rkw
+
+        got = stream_moments(
+            self._capture,
+            inputs,
+            batch_size=batch_size,
+            additional_forward_args=additional_forward_args,
+            progress=progress,
+            sync=sync,
+            stability=stability,
+            random_state=random_state,
+            validate=validate,
+        )
+        n_factors, rkw = got.checked
         self.fit_moments(
-            acc.moments,
+            got.moments,
             n_factors=n_factors,
             rotation=rotation,
             rotation_kwargs=rkw,
-            n_images=n_images,
-            halves=halves,
+            n_images=got.n_images,
+            halves=got.halves,
             random_state=random_state,
-            layer_name=cap.layer_name,
-            activation_shape=spatial["shape"],
+            layer_name=got.layer_name,
+            activation_shape=got.activation_shape,
             _stacklevel=3,
         )
         return self
@@ -326,7 +299,7 @@ class LayerFactorAnalysis(LayerAttribution):
             LayerFactorAnalysis: ``self``, fitted.
         """
         check_choice("rotation", rotation, ROTATIONS)
-        self._check_n_factors_type(n_factors)
+        n_factors = check_n_factors_spec(n_factors)
         # the C x C algebra is small: BLAS worker threads spinning against torch's would cost
         # far more than they save (2x idle, 10x+ on a busy 2-core machine)
         with threadpool_limits(limits=1, user_api="blas"):
@@ -341,37 +314,16 @@ class LayerFactorAnalysis(LayerAttribution):
             )
         shape = tuple(int(s) for s in activation_shape) if activation_shape is not None else (res.n_channels,)
         name = layer_name if layer_name is not None else _lname(self.forward_func, self.layer)
-        self._set_result(res, name, shape)
+        self._fitted = FittedELFA(res, name, shape, self.layout)
         for caution in res.cautions:
             warnings.warn(f"layer '{name}': {caution.message}", caution.category, stacklevel=_stacklevel + 1)
         return self
-
-    def _set_result(self, res: ELFAResult, layer_name: str, activation_shape: tuple) -> None:
-        self.result_ = res
-        for f in _RESULT_FIELDS:
-            setattr(self, f + "_", getattr(res, f))
-        self.layer_name_ = layer_name
-        self.activation_shape_ = tuple(activation_shape)
-
-    @staticmethod
-    def _check_n_factors_type(n_factors: Any) -> None:
-        valid = f"use an int, one of {list(N_FACTORS_METHODS)} or a float in (0, 1)"
-        if isinstance(n_factors, bool) or not isinstance(n_factors, (int, float, str)):
-            raise CaptumElfaError(f"n_factors={n_factors!r} is not valid; {valid}")
-        if isinstance(n_factors, str) and n_factors not in N_FACTORS_METHODS:
-            raise CaptumElfaError(f"n_factors={n_factors!r} is not valid; {valid}")
-        if isinstance(n_factors, int) and n_factors < 1:
-            raise CaptumElfaError(
-                f"n_factors={n_factors} is not valid; it must be at least 1 (and below the number of live channels)"
-            )
-        if isinstance(n_factors, float) and not (0.0 < n_factors < 1.0):
-            raise CaptumElfaError(f"n_factors={n_factors!r}: a float must be a variance fraction in (0, 1); {valid}")
 
     # ------------------------------------------------------------------------------------------
     # attributions
     # ------------------------------------------------------------------------------------------
     def _check_fitted(self, what: str) -> None:
-        if not hasattr(self, "loadings_"):
+        if getattr(self, "_fitted", None) is None:
             raise NotFittedError(
                 f"LayerFactorAnalysis.{what} needs a fitted model; call fit(inputs) first "
                 "(or LayerFactorAnalysis.load(path, model, layer))"
@@ -387,38 +339,8 @@ class LayerFactorAnalysis(LayerAttribution):
         batch_size: int,
     ) -> Tensor:
         """``weights @ activation + bias`` over channels at every pixel: ``[N, rows, H, W]``."""
-        chunks: list[Tensor] = []
-
-        def on_output(a: Tensor, index: int) -> None:
-            if a.shape[1] != self.n_channels_:
-                raise CaptumElfaError(
-                    f"layer '{cap.layer_name}' has {a.shape[1]} channels but the model was fitted "
-                    f"on {self.n_channels_}; use the layer it was fitted on"
-                )
-            if not torch.isfinite(a).all():
-                raise CaptumElfaError(f"layer '{cap.layer_name}' produced NaN or Inf activations in batch {index}")
-            n, c, h, w = a.shape
-            wt = weights.to(device=a.device, dtype=dtype)
-            out = (
-                torch.matmul(wt, a.detach().reshape(n, c, h * w).to(dtype))
-                + bias.to(device=a.device, dtype=dtype)[:, None]
-            )
-            chunks.append(out.reshape(n, -1, h, w))
-
         batches = iter_batches_with_args(inputs, batch_size, additional_forward_args)
-        cap = self._capture(on_output)
-        with cap:
-            for i, (batch, extra) in enumerate(batches):
-                cap.run(batch, i, extra)
-        if not chunks:
-            raise CaptumElfaError("inputs yielded no batch; pass at least one image")
-        sizes = sorted({tuple(c.shape[2:]) for c in chunks})
-        if len(sizes) > 1:
-            raise CaptumElfaError(
-                f"the batches give maps of different sizes {sizes}; maps are returned as one "
-                "Tensor, so pass images of one size (or call attribute once per size)"
-            )
-        return torch.cat(chunks, 0)
+        return contract(self._capture, batches, self.n_channels_, weights, bias, dtype)
 
     def factor_scores(
         self, inputs: Union[Tensor, Inputs], additional_forward_args: Any = None, batch_size: int = 64
@@ -479,13 +401,13 @@ class LayerFactorAnalysis(LayerAttribution):
         """
         if args:
             raise CaptumElfaError(
-                f"LayerFactorAnalysis.attribute takes no positional argument after inputs, got {_short(args)}; "
+                f"LayerFactorAnalysis.attribute takes no positional argument after inputs, got {short_repr(args)}; "
                 "ELFA has no target (the maps summarise the layer): pass factors=... for per-factor maps, "
                 "normalize=..., additional_forward_args=... by keyword"
             )
         check_choice("normalize", normalize, NORMALIZATIONS)
         self._check_fitted("attribute")
-        idx = self._factor_indices(factors)
+        idx = factor_indices(factors, self.n_factors_)
         if idx is None:
             # EFAM = sum_k a_k f_k is itself one linear map of the channels: a single contraction
             a = self.loadings_.abs().sum(0)
@@ -493,25 +415,7 @@ class LayerFactorAnalysis(LayerAttribution):
         else:
             weights, bias = self.score_weights_[idx], self.score_bias_[idx]
         maps = self._contract(inputs, weights, bias, torch.float32, additional_forward_args, batch_size)
-        return _normalize(maps, normalize)
-
-    def _factor_indices(self, factors: Union[None, str, int, Sequence[int]]) -> Optional[list]:
-        k = self.n_factors_
-        if factors is None:
-            return None
-        if isinstance(factors, str):
-            if factors != "all":
-                raise CaptumElfaError(
-                    f"factors={factors!r} is not valid; use None, 'all', an int or a list of ints in [0, {k - 1}]"
-                )
-            return list(range(k))
-        items = [factors] if isinstance(factors, int) else list(factors)
-        for i in items:
-            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < k:
-                raise CaptumElfaError(f"factor index {i!r} is not valid; the model has {k} factors (0 to {k - 1})")
-        if not items:
-            raise CaptumElfaError("factors is an empty list; use None, 'all' or factor indices")
-        return items
+        return normalize_maps(maps, normalize)
 
     # ------------------------------------------------------------------------------------------
     # results
@@ -525,76 +429,16 @@ class LayerFactorAnalysis(LayerAttribution):
         criterion and, with ``stability=True``, the split-half congruence per factor.
         """
         self._check_fitted("report")
-        st = self.stability_
-        return {
-            "layer": self.layer_name_,
-            "n_samples": self.n_samples_,
-            "n_images": self.n_images_,
-            "min_images": self.min_images_,
-            "n_channels": self.n_channels_,
-            "activation_shape": list(self.activation_shape_),
-            "dead_channels": self.dead_channels_.tolist(),
-            "collinear_channels": self.collinear_channels_.tolist(),
-            "heywood_channels": self.heywood_channels_.tolist(),
-            "n_factors": self.n_factors_,
-            "n_factors_method": self.n_factors_method_,
-            "n_factors_criteria": _jsonable(self.n_factors_criteria_),
-            "rotation": self.rotation_,
-            "rotation_kwargs": _jsonable(self.rotation_kwargs_),
-            "converged": self.converged_,
-            "rotation_converged": self.rotation_converged_,
-            "projected_gradient": _finite_or_none(self.projected_gradient_),
-            "eigenvalues": self.eigenvalues_.tolist(),
-            "adequacy": self.adequacy_.to_dict(),
-            "metrics": self.metrics_.to_dict(),
-            "loadings": self.loadings_.tolist(),
-            "structure": self.structure_.tolist(),
-            "phi": self.phi_.tolist(),
-            "uniquenesses": self.uniquenesses_.tolist(),
-            "stability": None if st is None else st.to_dict(),
-            "cautions": [{"kind": c.kind, "message": c.message} for c in self.cautions_],
-        }
+        return _lfa_report.report(self.fitted_)
 
     def summary(self) -> str:
         """A readable multi-line summary of the fitted model, with its cautions."""
         self._check_fitted("summary")
-        a, m = self.adequacy_, self.metrics_
-        left = []
-        if len(self.dead_channels_):
-            left.append(f"{len(self.dead_channels_)} dead")
-        if len(self.collinear_channels_):
-            left.append(f"{len(self.collinear_channels_)} collinear: {self.collinear_channels_.tolist()}")
-        crit = ", ".join(f"{k} {v}" for k, v in _criteria_counts(self.n_factors_criteria_).items())
-        lines = [
-            f"LayerFactorAnalysis of '{self.layer_name_}': {self.n_channels_} channels "
-            f"({', '.join(left) if left else 'none left out'}), {self.n_images_} images "
-            f"({self.n_samples_} samples)",
-            f"  adequacy: KMO = {a.kmo:.3f}, Bartlett chi2 = {a.bartlett_chi2:.4g} (dof {a.bartlett_dof}, p = {a.bartlett_p:.3g})",
-            f"  factors: {self.n_factors_} ({self.n_factors_method_}), rotation = {self.rotation_}"
-            f"{'' if self.rotation_ not in ('promax', 'oblimin') else ' (oblique: see phi_)'}",
-            f"  factor-count criteria: {crit}",
-            f"  fit: converged = {self.converged_}, D1 = {m.d1:.3f}, D> = {m.d_greater:.3f}, Res = {m.res:.4f} "
-            f"[{m.res_min:.3f}, {m.res_max:.3f}], gamma2 p20 = {m.gamma2_p20:.3f}, R2 = {m.r2:.4f}",
-            f"  variance explained: {m.total_variance_explained:.1%}; log-likelihood {m.loglike:.4f} per sample",
-        ]
-        if len(self.heywood_channels_):
-            lines.append(f"  Heywood channels (uniqueness at its bound): {self.heywood_channels_.tolist()}")
-        st = self.stability_
-        if st is not None:
-            bad = [j for j, ok in enumerate(st.replicable.tolist()) if not ok]
-            lines.append(
-                f"  stability (split halves of {st.n_images_a} and {st.n_images_b} images): "
-                f"{len(st.replicable) - len(bad)} of {len(st.replicable)} factors replicable "
-                f"(Tucker congruence >= {st.threshold}); min {float(st.congruence.min()):.3f}"
-                + (f"; not replicable: {bad}" if bad else "")
-            )
-        for c in self.cautions_:
-            lines.append(f"  caution ({c.kind}): {c.message}")
-        return "\n".join(lines)
+        return _lfa_report.summary(self.fitted_)
 
     def __repr__(self) -> str:
         name = type(self.layer).__name__
-        if not hasattr(self, "loadings_"):
+        if getattr(self, "_fitted", None) is None:
             return f"LayerFactorAnalysis(layer={name}, not fitted)"
         return (
             f"LayerFactorAnalysis(layer={getattr(self, 'layer_name_', name)}, n_factors={self.n_factors_}, "
@@ -612,7 +456,7 @@ class LayerFactorAnalysis(LayerAttribution):
             path (str or os.PathLike): file to write.
         """
         self._check_fitted("save")
-        _lfa_io.save_result(path, self.result_, self.layer_name_, self.activation_shape_)
+        _lfa_io.save(path, self.fitted_)
 
     @classmethod
     def load(
@@ -621,98 +465,59 @@ class LayerFactorAnalysis(LayerAttribution):
         forward_func: Callable,
         layer: nn.Module,
         *,
-        channel_dim: Optional[int] = None,
-        token_grid: TokenGrid = None,
-        drop_tokens: int = 0,
-        call_index: int = -1,
+        channel_dim: Optional[int] = _SAVED,
+        token_grid: TokenGrid = _SAVED,
+        drop_tokens: int = _SAVED,
+        call_index: CallIndex = _SAVED,
     ) -> LayerFactorAnalysis:
         """Load a model saved by :meth:`save` and attach it to ``forward_func`` and ``layer``.
 
         The file is read with ``torch.load(weights_only=True)``: it never executes pickled code.
         Every field is checked (keys, types, shapes against each other, finite values,
-        uniquenesses in [0, 1], a valid ``Φ``): a damaged file raises ``CaptumElfaError``. So
-        does a layer whose name in ``forward_func`` or whose width (``out_channels`` /
-        ``out_features`` / ``num_features``) differs from the one the model was fitted on.
+        uniquenesses in [0, 1], a valid ``Φ``, a valid layout): a damaged file raises
+        ``CaptumElfaError``. So does a layer whose name in ``forward_func`` or whose width
+        (``out_channels`` / ``out_features`` / ``num_features``) differs from the one the model was
+        fitted on.
+
+        Files of format version 3 (this version) hold the layout the model was fitted with
+        (``channel_dim``, ``token_grid``, ``drop_tokens``, ``call_index``) and it is restored; a
+        layout argument passed here must then equal the saved one (a different layout reads other
+        samples than those the model was fitted on) or ``CaptumElfaError`` is raised. Version 2
+        files hold no layout: the arguments passed here are used (the constructor's defaults for
+        those not passed). Older and newer versions are refused with a message saying what to do.
 
         Args:
             path (str or os.PathLike): file written by :meth:`save`.
             forward_func (Callable or nn.Module): the model.
             layer (nn.Module): the layer the model was fitted on.
-            channel_dim, token_grid, drop_tokens, call_index: the layout, as in the constructor
-                        (not saved in the file: pass the ones the model was fitted with).
+            channel_dim, token_grid, drop_tokens, call_index (keyword-only, optional): the layout,
+                        as in the constructor. Default: the saved layout (version 3), else the
+                        constructor's defaults.
 
         Returns:
             LayerFactorAnalysis: the fitted instance.
+
+        Examples::
+
+            >>> lfa.save("layer2.pt")
+            >>> back = LayerFactorAnalysis.load("layer2.pt", model, model.layer2)
         """
+        passed: Dict[str, Any] = dict(
+            channel_dim=channel_dim, token_grid=token_grid, drop_tokens=drop_tokens, call_index=call_index
+        )
+        given = {k: v for k, v in passed.items() if v is not _SAVED}
         state = _lfa_io.load_state(path)
-        res = _lfa_io.state_to_result(path, state)
-        obj = cls(
-            forward_func,
-            layer,
-            channel_dim=channel_dim,
-            token_grid=token_grid,
-            drop_tokens=drop_tokens,
-            call_index=call_index,
-        )
-        saved_name = state["layer_name"]
-        name = _lname(forward_func, layer)
-        if isinstance(forward_func, nn.Module) and saved_name and name and name != saved_name:
-            raise CaptumElfaError(
-                f"{path!s} was fitted on layer '{saved_name}' but is being loaded onto layer '{name}'; "
-                f"pass the layer it was fitted on (forward_func.get_submodule('{saved_name}'))"
-            )
-        width = next(
-            (getattr(layer, a) for a in ("out_channels", "out_features", "num_features") if hasattr(layer, a)), None
-        )
-        if isinstance(width, int) and width != res.n_channels:
-            raise CaptumElfaError(
-                f"{path!s} was fitted on a layer of {res.n_channels} channels but {type(layer).__name__} "
-                f"'{name}' has {width}; pass the layer it was fitted on"
-            )
-        obj._set_result(res, saved_name or name, tuple(state["activation_shape"]))
+        obj = cls(forward_func, layer, **given)  # checks the arguments; its layout serves a version-2 file
+        st = _lfa_io.from_state(path, state, obj.layout)
+        if "layout" in state:
+            _lfa_io.check_layout_arguments(path, st.layout, given)
+        obj.layout = st.layout
+        name = _lfa_io.check_layer(path, st, forward_func, layer)
+        obj._fitted = FittedELFA(st.result, st.layer_name or name, st.activation_shape, obj.layout)
         return obj
 
 
-def _short(v: Any) -> str:
-    text = repr(v)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _criteria_counts(criteria: Dict[str, Any]) -> Dict[str, Any]:
-    return {k: v for k, v in criteria.items() if isinstance(v, int) and not isinstance(v, bool)}
-
-
-def _finite_or_none(v: float) -> Optional[float]:
-    return float(v) if math.isfinite(v) else None
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, Tensor):
-        return v.tolist()
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
-
-
-def _normalize(maps: Tensor, method: Optional[str]) -> Tensor:
-    """Per-image, per-map normalisation; constant maps become zeros, never NaN."""
-    if method is None:
-        return maps
-    flat = maps.flatten(2)
-    mx = flat.max(2).values[..., None, None]
-    mn = flat.min(2).values[..., None, None]
-    if method == "max_min":
-        rng = mx - mn
-        return torch.where(
-            rng > 0, (maps - mn) / torch.where(rng > 0, rng, torch.ones_like(rng)), torch.zeros_like(maps)
-        )
-    if method == "relu":
-        return torch.where(
-            mx > 0, torch.clamp(maps, min=0) / torch.where(mx > 0, mx, torch.ones_like(mx)), torch.zeros_like(maps)
-        )
-    amax = flat.abs().max(2).values[..., None, None]
-    return torch.where(amax > 0, maps / torch.where(amax > 0, amax, torch.ones_like(amax)), torch.zeros_like(maps))
+# the public fitted attributes, each a read-only view of the one fitted state (``fitted_``)
+for _name, _get in _lfa_io.fitted_attributes().items():
+    setattr(LayerFactorAnalysis, _name, _lfa_io.fitted_property(_name, _get))
+del _name, _get

@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from captum_elfa._validation import CaptumElfaError, NotFittedError
+from captum_elfa._validation import CaptumElfaError, NotFittedError, is_int
 from captum_elfa.optim._engine import (
     LayerProbe,
     check_seed,
@@ -22,7 +22,6 @@ from captum_elfa.optim._engine import (
     optimise,
     resolve_device,
     resolve_transforms,
-    show,
 )
 
 __all__ = ["InversionResult", "invert_factor", "inversion_loss"]
@@ -57,21 +56,11 @@ class InversionResult:
     layer_name: str = ""
 
     def figure(self, figsize: Tuple[float, float] = (7.0, 3.0)) -> Any:
-        """The image and the loss curve; a matplotlib ``Figure`` (nothing is shown)."""
-        from matplotlib.figure import Figure
+        """The image and the loss curve; a matplotlib ``Figure`` (nothing is shown), drawn by
+        :func:`captum_elfa.visualization.plot_inversion`."""
+        from captum_elfa.visualization.figures import plot_inversion
 
-        fig = Figure(figsize=figsize, layout="constrained")
-        ax_img, ax_loss = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
-        show(ax_img, self.image[0], self.value_range, f"factor {self.factor} ({self.layer_name})")
-        ax_loss.plot(range(1, len(self.losses) + 1), self.losses, lw=1)
-        ax_loss.axhline(self.final_loss, color="k", ls="--", lw=0.8, label=f"final {self.final_loss:.3g}")
-        ax_loss.set_xlabel("step")
-        ax_loss.set_ylabel("relative squared error")
-        ax_loss.set_title(
-            f"{self.method} inversion, {'standardised' if self.standardize else 'raw'} activations", fontsize=9
-        )
-        ax_loss.legend(fontsize=8)
-        return fig
+        return plot_inversion(self, figsize)
 
 
 def _check_lfa(lfa: Any, factor: Any) -> int:
@@ -83,9 +72,9 @@ def _check_lfa(lfa: Any, factor: Any) -> int:
             "(or LayerFactorAnalysis.load(path, model, layer))"
         )
     k = int(lfa.n_factors_)
-    if isinstance(factor, bool) or not isinstance(factor, int) or not 0 <= factor < k:
+    if not is_int(factor) or not 0 <= int(factor) < k:
         raise CaptumElfaError(f"factor={factor!r} is out of range; the model has {k} factors: choose 0 <= factor < {k}")
-    return factor
+    return int(factor)
 
 
 def inversion_loss(

@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from captum_elfa._validation import CaptumElfaError
+from captum_elfa._validation import CaptumElfaError, check_float
 
 __all__ = ["FFTImage", "PixelImage", "fft_image", "pixel_image", "color_decorrelation_matrix", "rfft2d_freqs"]
 
@@ -105,8 +105,10 @@ class FFTImage(nn.Module):
     ) -> None:
         super().__init__()
         n, c, h, w = _shape4(shape)
-        if not (isinstance(sd, (int, float)) and sd > 0 and math.isfinite(sd)):
-            raise CaptumElfaError(f"sd={sd!r} is not valid; expected a positive float")
+        try:
+            sd = check_float("sd", sd, minimum=0.0, open_min=True)
+        except CaptumElfaError:
+            raise CaptumElfaError(f"sd={sd!r} is not valid; expected a positive float") from None
         self.shape = (n, c, h, w)
         self.value_range = _check_range(value_range)
         g = torch.Generator().manual_seed(int(seed))

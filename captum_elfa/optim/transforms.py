@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from captum_elfa._validation import CaptumElfaError
+from captum_elfa._validation import CaptumElfaError, is_int
 
 __all__ = ["Jitter", "RandomScale", "RandomRotate", "Compose", "standard_transforms"]
 
@@ -31,9 +31,9 @@ class Jitter:
     """Shift the images by up to ``d`` pixels in each direction (``torch.roll``, circular)."""
 
     def __init__(self, d: int) -> None:
-        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+        if not is_int(d) or d < 0:
             raise CaptumElfaError(f"Jitter(d={d!r}): d must be a non-negative int")
-        self.d = d
+        self.d = int(d)
 
     def __call__(self, x: Tensor, generator: torch.Generator) -> Tensor:
         if self.d == 0:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from captum_elfa._validation import CaptumElfaError
+from captum_elfa._validation import CaptumElfaError, is_int
 
 __all__ = [
     "kaiser",
@@ -24,12 +24,47 @@ __all__ = [
     "check_identified",
     "factor_count_criteria",
     "VARIANCE_FRACTIONS",
+    "N_FACTORS_METHODS",
+    "check_n_factors_spec",
 ]
 
 NFactorsSpec = Union[int, float, str]
-_METHODS = ("kaiser", "scree", "parallel")
+#: the factor-count criteria ``n_factors`` may name (besides an int or a variance fraction)
+N_FACTORS_METHODS = ("kaiser", "scree", "parallel")
 #: variance fractions reported by :func:`factor_count_criteria` (key ``"variance_<percent>"``)
 VARIANCE_FRACTIONS = (0.5, 0.8, 0.9)
+
+
+def check_n_factors_spec(n_factors: Any) -> NFactorsSpec:
+    """Check the form of ``n_factors`` before any data are seen; return it unchanged.
+
+    Valid: an int >= 1 (checked against the live channels by :func:`choose_n_factors`), one of
+    :data:`N_FACTORS_METHODS` or a float in (0, 1), a variance fraction.
+
+    Raises:
+        CaptumElfaError: naming the value and what is valid.
+
+    Examples::
+
+        >>> check_n_factors_spec("parallel")
+        'parallel'
+    """
+    valid = f"use an int, one of {list(N_FACTORS_METHODS)} or a float in (0, 1)"
+    if is_int(n_factors):
+        if int(n_factors) < 1:
+            raise CaptumElfaError(
+                f"n_factors={n_factors} is not valid; it must be at least 1 (and below the number of live channels)"
+            )
+        return int(n_factors)
+    if isinstance(n_factors, str):
+        if n_factors not in N_FACTORS_METHODS:
+            raise CaptumElfaError(f"n_factors={n_factors!r} is not valid; {valid}")
+        return n_factors
+    if not isinstance(n_factors, float):
+        raise CaptumElfaError(f"n_factors={n_factors!r} is not valid; {valid}")
+    if not (0.0 < n_factors < 1.0):
+        raise CaptumElfaError(f"n_factors={n_factors!r}: a float must be a variance fraction in (0, 1); {valid}")
+    return float(n_factors)
 
 
 def degrees_of_freedom(c: int, k: int) -> int:
@@ -267,7 +302,7 @@ def choose_n_factors(
     extras: dict = {}
     if isinstance(spec, bool):
         raise CaptumElfaError(f"n_factors={spec!r} is not valid; {_valid(c)}")
-    if isinstance(spec, (int, np.integer)):
+    if is_int(spec):
         k = int(spec)
         if not 1 <= k <= c - 1:
             raise CaptumElfaError(f"n_factors={k} is outside [1, {c - 1}] ({c} live channels); {_valid(c)}")
@@ -292,4 +327,4 @@ def choose_n_factors(
 
 
 def _valid(c: int) -> str:
-    return f"use an int in [1, {c - 1}], one of {list(_METHODS)}, or a float in (0, 1) for a variance fraction"
+    return f"use an int in [1, {c - 1}], one of {list(N_FACTORS_METHODS)}, or a float in (0, 1) for a variance fraction"

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from captum_elfa._validation import CaptumElfaError, TooFewSamplesError
+from captum_elfa._validation import CaptumElfaError, TooFewSamplesError, is_int
 from captum_elfa.stats.adequacy import Adequacy, adequacy
 from captum_elfa.stats.factor_model import KKT_TOL, ml_factor_analysis, score_weights
 from captum_elfa.stats.moments import Moments
@@ -263,7 +263,7 @@ def fit_elfa(
     r, sd = _correlation(n, mean, comoment, live)
     eig = torch.linalg.eigvalsh(r).flip(0)
     bound = ledermann_bound(c_live)
-    if isinstance(n_factors, int) and not isinstance(n_factors, bool) and n_factors > bound:
+    if is_int(n_factors) and int(n_factors) > bound:
         raise CaptumElfaError(
             f"n_factors={n_factors} is above the identification (Ledermann) bound {bound} for "
             f"{c_live} live channels: the model would have negative degrees of freedom "

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from captum_elfa import _distributed as _dist
-from captum_elfa._validation import CaptumElfaError
+from captum_elfa._validation import CaptumElfaError, is_int
 from captum_elfa.stats.moments import Moments, all_reduce_moments, batch_moments
 
 __all__ = [
@@ -149,7 +149,7 @@ class SplitHalfMoments:
     """
 
     def __init__(self, random_state: int = 0) -> None:
-        if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)):
+        if not is_int(random_state):
             raise CaptumElfaError(f"random_state={random_state!r} is not valid; use an int")
         self.random_state = int(random_state)
         self.moments_a: Optional[Moments] = None
@@ -472,7 +472,7 @@ def split_half_stability(
                 "with the same channels and number of factors as the full model"
             )
     for name, n in (("n_images_a", n_images_a), ("n_images_b", n_images_b)):
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        if not is_int(n) or n < 0:
             raise CaptumElfaError(f"{name}={n!r} is not valid; use an int >= 0")
     if not 0.0 <= float(threshold) <= 1.0:
         raise CaptumElfaError(f"threshold={threshold!r} is not valid; use a number in [0, 1]")
