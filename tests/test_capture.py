@@ -438,7 +438,7 @@ def test_call_index_and_changing_call_counts():
         h.remove()
         assert len(got) == 2 and torch.equal(got[0], ref[ci % 2]) and torch.equal(got[1], ref[2 + ci % 2])
     with pytest.raises(CaptumElfaError, match="called 3 times in batch 1 but 2 times in the first batch"):
-        with LayerCapture(net, act, lambda a, i: None) as cap:
+        with LayerCapture(net, act, lambda a, i: None, call_index=-1) as cap:
             cap.run(x, 0, 2)
             cap.run(x, 1, 3)
     assert len(act._forward_hooks) == 0
@@ -616,7 +616,7 @@ class _Counting(nn.Module):
         try:
             h = self.relu(self.relu(self.conv(x)) - 0.1)
         except Exception:  # noqa: BLE001 - must not swallow the capture's stop
-            raise AssertionError("the stop signal was caught as an Exception")
+            raise AssertionError("the stop signal was caught as an Exception") from None
         self.head_calls += 1
         return self.head(h.mean((2, 3)))
 
@@ -630,7 +630,7 @@ def test_stop_early_skips_the_rest_of_the_network_with_identical_activations(cal
         got: list = []
         model.head_calls = 0
         with LayerCapture(
-            model, model.relu, lambda a, i: got.append(a.clone()), call_index=call_index, stop_early=stop
+            model, model.relu, lambda a, i, got=got: got.append(a.clone()), call_index=call_index, stop_early=stop
         ) as cap:
             outs = [cap.run(b, i) for i, b in enumerate(torch.split(x, 4))]
         runs[stop] = (got, model.head_calls, outs)

@@ -183,5 +183,50 @@ for row in cmp.rows:
     print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k in keys})
 display(cmp.figure())
 
+
+# %% [markdown]
+# ## Any layer: ResNet, ConvNeXt, ViT
+#
+# The same calls work on any layer once its layout is said: a ResNet stage is channels-first
+# `(N, C, H, W)`; the `nn.Linear` layers of a ConvNeXt block act on channels-last `(N, H, W, C)`
+# data (`channel_dim=-1`); a ViT block outputs tokens `(N, 1 + h*w, C)`: `channel_dim=-1`,
+# `drop_tokens=1` for the CLS token and `token_grid="auto"` to put the patches on their grid, so
+# its EFAM upsamples onto the image like a conv map. A module run several times per forward pass
+# (ResNet's `BasicBlock.relu`) needs `call_index` (`-1`: the last call, as Captum's
+# `LayerGradCam`; `"all"`: every call's output as samples). The models here are small and
+# random-initialised, on random images: the point is the shapes, not the factors.
+
+# %%
+from captum_elfa import EFAM, GradCAM, LayerFactorAnalysis, analyze
+
+torch.manual_seed(0)
+images = torch.randn(64, 3, 64, 64)  # your images, normalised as the model expects
+
+# ResNet: a conv stage is channels-first (N, C, H, W); BasicBlock.relu runs twice per block
+resnet = torchvision.models.resnet18(num_classes=10).eval()
+lfa_r = LayerFactorAnalysis(resnet, resnet.layer2).fit(images, n_factors=4, progress=False)
+
+# ViT: a block outputs tokens (N, 1 + h*w, C); drop the CLS token, put the patches on their grid
+vit = torchvision.models.VisionTransformer(
+    image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+).eval()
+lfa_v = LayerFactorAnalysis(vit, vit.encoder.layers[1], channel_dim=-1, drop_tokens=1, token_grid="auto").fit(
+    images, n_factors=4, progress=False
+)
+
+# ConvNeXt: the Linear layers of a block act on channels-last (N, H, W, C) data
+convnext = torchvision.models.convnext_tiny(num_classes=10).eval()
+lfa_c = LayerFactorAnalysis(convnext, convnext.features[1][0].block[5], channel_dim=-1).fit(
+    images, n_factors=4, progress=False
+)
+
+for lfa in (lfa_r, lfa_v, lfa_c):
+    expl = analyze(images[:4], EFAM(lfa))  # maps upsampled onto the 64x64 images
+    print(expl.extras["layer_attribution"].shape, "->", tuple(expl.val.shape))
+# Grad-CAM takes the same layout options, and call_index for a module run several times
+cam_v = analyze(images[:4], GradCAM(vit, vit.encoder.layers[1], channel_dim=-1, drop_tokens=1, token_grid="auto"))
+cam_r = analyze(images[:4], GradCAM(resnet, resnet.layer1[0].relu, call_index=-1))  # the block's last ReLU
+print("Grad-CAM:", tuple(cam_v.val.shape), tuple(cam_r.val.shape))
+
 # %%
 print(f"notebook ran in {time.perf_counter() - t_start:.1f} s; its files are in a temporary folder (workdir)")
