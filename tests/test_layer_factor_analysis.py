@@ -330,11 +330,9 @@ def test_shared_module_called_twice(x200):
             lfa.fit(x200, n_factors=1, progress=False, batch_size=64)
         assert lfa.activation_shape_ == tuple(ref.shape[1:])
         torch.testing.assert_close(lfa.mean_, ref.mean((0, 2, 3)), rtol=1e-6, atol=1e-8)
-    default = LayerFactorAnalysis(model, model.act)  # the last call, as Captum's layer attributions
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        default.fit(x200, n_factors=1, progress=False)
-    torch.testing.assert_close(default.mean_, seen[1].mean((0, 2, 3)), rtol=1e-6, atol=1e-8)
+    # by default a module called several times is refused, naming the option and the calls
+    with pytest.raises(CaptumElfaError, match=r"called 2 times per forward pass.*call_index=0\.\.1"):
+        LayerFactorAnalysis(model, model.act).fit(x200, n_factors=1, progress=False)
     with pytest.raises(CaptumElfaError, match="call_index=2 is not valid.*called 2 time"):
         LayerFactorAnalysis(model, model.act, call_index=2).fit(x200, progress=False)
 

@@ -89,15 +89,18 @@ def test_inplace_ops_in_torchvision_resnet():
         true_mean = seen[name].double().mean((0, 2, 3))
         assert float(true_mean.min()) < 0  # a post-ReLU tensor would have no negative means
         torch.testing.assert_close(lfa.mean_, true_mean, rtol=1e-5, atol=1e-7)
-    # BasicBlock.relu runs twice per forward pass: the last call by default (Captum's LayerGradCam
-    # uses the last call too), the first with call_index=0; each before later in-place changes
+    # BasicBlock.relu runs twice per forward pass: refused by default (naming call_index), the last
+    # call with call_index=-1 (Captum's LayerGradCam uses the last call), the first with
+    # call_index=0; each before later in-place changes
     calls = []
     h = model.layer1[0].relu.register_forward_hook(lambda m, i, o: calls.append(o.detach().clone()))
     with torch.no_grad():
         model(x)
     h.remove()
     assert len(calls) == 2
-    for kw, ref in (({}, calls[1]), ({"call_index": 0}, calls[0])):
+    with pytest.raises(CaptumElfaError, match="call_index"):
+        LayerFactorAnalysis(model, model.layer1[0].relu).fit(x, n_factors=3, progress=False, batch_size=4)
+    for kw, ref in (({"call_index": -1}, calls[1]), ({"call_index": 0}, calls[0])):
         before = model_state(model)
         lfa = LayerFactorAnalysis(model, model.layer1[0].relu, **kw).fit(x, n_factors=3, progress=False, batch_size=4)
         assert_same_state(before, model_state(model))

@@ -89,8 +89,9 @@ class LayerFactorAnalysis(LayerAttribution):
                     (ViT's CLS token: 1). Default: 0.
         call_index (int, None or "all"): the call of a module that runs several times per
                     forward pass (ResNet's ``BasicBlock.relu``) whose output is used; negative
-                    counts from the end (see :class:`~captum_elfa._capture.LayerLayout`).
-                    Default: -1, the last call (as Captum's ``LayerGradCam``).
+                    counts from the end (see :class:`~captum_elfa._capture.LayerLayout`);
+                    ``"all"`` makes every call's output a set of samples. Default: None, which
+                    refuses a module called more than once with a message naming the options.
 
     Examples::
 
@@ -116,7 +117,7 @@ class LayerFactorAnalysis(LayerAttribution):
         channel_dim: Optional[int] = None,
         token_grid: TokenGrid = None,
         drop_tokens: int = 0,
-        call_index: CallIndex = -1,
+        call_index: CallIndex = None,
     ) -> None:
         if not isinstance(layer, nn.Module):
             raise CaptumElfaError(f"layer must be a torch.nn.Module, got {type(layer).__name__}")

@@ -227,7 +227,7 @@ class NeuronPCACE(NeuronAttribution):
         channel_dim: Optional[int] = None,
         token_grid: TokenGrid = None,
         drop_tokens: int = 0,
-        call_index: Any = -1,
+        call_index: Any = None,
     ) -> None:
         r"""
         Args:
@@ -243,8 +243,8 @@ class NeuronPCACE(NeuronAttribution):
                         :class:`~captum_elfa.LayerFactorAnalysis` (see
                         :class:`captum_elfa._capture.LayerLayout`): channels-last and token
                         layers need ``channel_dim=-1``; ``call_index`` selects one call of a
-                        module run several times per forward pass (``"all"`` is refused: the
-                        target has one value per image).
+                        module run several times per forward pass (default None: such a module
+                        is refused; ``"all"`` is refused too, the target has one value per image).
         """
         layer = _resolve_layer(forward_func, layer)
         if isinstance(call_index, str):
