@@ -163,3 +163,35 @@ def test_dataloader_and_uneven_batches_match_tensor(model, x150, comparison):
     for out in (a, b):
         torch.testing.assert_close(out.pcace["relu2"], comparison.pcace["relu2"], rtol=0, atol=1e-8)
         torch.testing.assert_close(out.elfa["relu2"].loadings_, comparison.elfa["relu2"].loadings_, rtol=0, atol=1e-8)
+
+
+def test_figure_legends_cover_no_line_and_no_text(comparison):
+    """The legends sit beside the panels: no legend box touches a data point of its panel (the
+    KMO line was covered), the 0.6 line included, and no two texts overlap (as test_figures_scale)."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from test_figures_scale import _check_layout
+
+    from captum_elfa.visualization import plot_layer_comparison
+
+    fig = comparison.figure()
+    assert type(fig) is type(plot_layer_comparison(comparison))  # the method delegates to visualization
+    _check_layout(fig, "compare_layers")
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    checked = 0
+    for ax in fig.axes:
+        leg = ax.get_legend()
+        if leg is None:
+            continue
+        box = leg.get_window_extent(renderer)
+        assert box.x0 >= ax.get_window_extent(renderer).x1 - 1.0  # beside the panel, not on it
+        for line in ax.get_lines():
+            pts = line.get_transform().transform(np.column_stack(line.get_data()).astype(float))
+            pts = pts[np.isfinite(pts).all(1)]
+            inside = (pts[:, 0] >= box.x0) & (pts[:, 0] <= box.x1) & (pts[:, 1] >= box.y0) & (pts[:, 1] <= box.y1)
+            assert not inside.any(), (ax.get_title(), line.get_label())
+            checked += 1
+    kmo = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "KMO"]
+    assert kmo and checked >= 6

@@ -462,3 +462,66 @@ def test_unfitted_objects_raise(model, images):
     ):
         with pytest.raises(NotFittedError, match="attribute"):
             call()
+
+
+# ----------------------------------------------------------------------------------------------
+# figures take data: with the maps computed beforehand, drawing runs no model
+# ----------------------------------------------------------------------------------------------
+def test_figures_draw_precomputed_data_without_running_the_model(model, lfa, pc, images, digits):
+    from captum_elfa.attr.figure_data import cam_and_efam_maps, efam_maps, top_channel_activations
+
+    x = images[0][:3]
+    calls = []
+    hook = model.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        em = efam_maps(lfa, x, factors=[0, 1])
+        cm = cam_and_efam_maps(model, lfa, x, model.conv2, target=3, efam=em.efam)
+        xs = digits[0][digits[1] == 3][:3]
+        tm = top_channel_activations(pc, xs, k=4, n_images=3)
+        assert calls  # the data functions ran the model
+        calls.clear()
+        f_efam = plot_efam(lfa, x, maps=em)
+        f_cam = plot_cam_vs_efam(model, lfa, x, model.conv2, maps=cm)
+        f_top = plot_top_channel_maps(pc, xs, k=4, n_images=3, maps=tm)
+        for fig in (f_efam, f_cam, f_top):
+            _png(fig)
+        assert not calls  # drawing did not
+    finally:
+        hook.remove()
+    # the same pictures as the figures that compute their data themselves
+    np.testing.assert_allclose(f_efam.axes[1].get_images()[1].get_array(), em.efam[0, 0])
+    direct = plot_efam(lfa, x, factors=[0, 1])
+    np.testing.assert_allclose(direct.axes[2].get_images()[1].get_array(), f_efam.axes[2].get_images()[1].get_array())
+    direct_top = plot_top_channel_maps(pc, xs, k=4, n_images=3)
+    np.testing.assert_allclose(direct_top.axes[1].get_images()[0].get_array(), tm.maps[0, 0])
+    np.testing.assert_allclose(f_top.axes[1].get_images()[0].get_array(), tm.maps[0, 0])
+    assert tm.channels == pc.rank_channels().channels[:4].tolist()
+    with pytest.raises(CaptumElfaError, match="EfamMaps"):
+        plot_efam(lfa, x, maps=cm)
+    with pytest.raises(CaptumElfaError, match="maps hold 3 images"):
+        plot_efam(lfa, x[:2], maps=em)
+
+
+def test_insights_live_in_stats_and_are_re_exported():
+    from captum_elfa.stats import insights
+    from captum_elfa.visualization import figures
+
+    assert channel_insights is insights.channel_insights is figures.channel_insights
+    assert redundancy_groups is insights.redundancy_groups is figures.redundancy_groups
+
+
+def test_visualization_runs_no_model():
+    """No module of captum_elfa.visualization captures a layer or calls a model itself: no call of
+    ``.attribute``, ``analyze``, ``LayerCapture``, ``register_forward_hook`` or ``forward_func``."""
+    import ast
+    import pathlib
+
+    import captum_elfa.visualization as vis
+
+    banned = {"attribute", "analyze", "LayerCapture", "register_forward_hook", "forward_func", "ace_transforms_of"}
+    for path in pathlib.Path(vis.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", None)
+                assert name not in banned, (path.name, name, node.lineno)

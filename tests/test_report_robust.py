@@ -100,12 +100,12 @@ def test_stale_figures_removed_and_failures_leave_the_old_report(fitted, tmp_pat
     assert (out / "scree.png").is_file() and (out / "mine.png").read_bytes().startswith(b"a file")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    from captum_elfa.visualization import figures as F
+    from captum_elfa.stats import insights
 
     def broken(*a, **k):
         raise RuntimeError("simulated failure after the figures")
 
-    monkeypatch.setattr(F, "channel_insights", broken)
+    monkeypatch.setattr(insights, "channel_insights", broken)
     with pytest.raises(RuntimeError, match="simulated"):
         write_report(out, fitted["lfa"], fitted["pc"], dpi=DPI)
     after = {p.name: p.read_bytes() for p in out.iterdir()}

@@ -81,7 +81,8 @@ class LayerComparison:
         return out
 
     def figure(self, figsize: Tuple[float, float] = (11.0, 7.0)) -> Any:
-        """A :class:`matplotlib.figure.Figure` comparing the layers (never shown).
+        """A :class:`matplotlib.figure.Figure` comparing the layers (never shown); drawn by
+        :func:`captum_elfa.visualization.plot_layer_comparison`.
 
         Panels: adequacy and fit (KMO, R², total variance explained, γ² 20th percentile);
         number of factors and the fraction of dead channels; Res and D1; and, when PCACE ran,
@@ -93,59 +94,9 @@ class LayerComparison:
         Returns:
             matplotlib.figure.Figure: 2x2 panels (the fourth empty without PCACE scores).
         """
-        import numpy as np
-        from matplotlib.figure import Figure
+        from captum_elfa.visualization.figures import plot_layer_comparison
 
-        fig = Figure(figsize=figsize, constrained_layout=True)
-        axes = fig.subplots(2, 2)
-        x = np.arange(len(self.names))
-        labels = list(self.names)
-
-        def col(key: str) -> np.ndarray:
-            return np.array([np.nan if r[key] is None else float(r[key]) for r in self.rows])
-
-        ax = axes[0, 0]
-        for key, label, marker in (
-            ("kmo", "KMO", "o"),
-            ("r2", "R²", "s"),
-            ("total_variance_explained", "variance explained", "^"),
-            ("gamma2_p20", "γ² p20", "v"),
-        ):
-            ax.plot(x, col(key), marker=marker, label=label)
-        ax.axhline(0.6, color="grey", lw=0.8, ls="--")
-        ax.set_title("Adequacy and fit")
-        ax.legend(fontsize=8)
-
-        ax = axes[0, 1]
-        ax.bar(x, col("n_factors"), color="C0", label="factors")
-        ax.set_ylabel("number of factors")
-        ax.set_title("Factors and dead channels")
-        ax2 = ax.twinx()
-        ax2.plot(x, col("dead") / col("channels"), color="C3", marker="o", label="dead fraction")
-        ax2.set_ylabel("dead channels (fraction)")
-        ax2.set_ylim(0, 1)
-
-        ax = axes[1, 0]
-        ax.plot(x, col("res"), marker="o", label="Res")
-        ax.plot(x, col("d1"), marker="s", label="D1")
-        ax.set_title("Residual correlations")
-        ax.legend(fontsize=8)
-
-        ax = axes[1, 1]
-        if self.pcace:
-            data = [self.pcace[n].detach().cpu().double().numpy() for n in self.names]
-            ax.boxplot(data, positions=x, widths=0.5)
-            ax.plot(x, col("pcace_max"), "r*", label="max")
-            ax.set_ylim(0, 1.02)
-            ax.set_title("PCACE scores per channel")
-            ax.legend(fontsize=8)
-        else:
-            ax.set_title("PCACE not computed")
-            ax.set_axis_off()
-        for a in axes.flat:
-            a.set_xticks(x)
-            a.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
-        return fig
+        return plot_layer_comparison(self, figsize)
 
     def __repr__(self) -> str:
         parts = [f"{r['layer']}: k={r['n_factors']} kmo={r['kmo']:.3f} r2={r['r2']:.3f}" for r in self.rows]

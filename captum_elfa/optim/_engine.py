@@ -216,19 +216,17 @@ def optimise(
     return losses
 
 
-# -- figures -----------------------------------------------------------------------------------
+# -- figures: drawn by captum_elfa.visualization (these names are kept for the optim modules) --
 def display_image(img: Tensor, value_range: Sequence[float]) -> Tuple[Any, dict]:
-    """``[C, H, W]`` -> an array for ``imshow`` and its keyword arguments."""
-    lo, hi = value_range
-    x = ((img.detach().float().cpu() - lo) / (hi - lo)).clamp(0, 1)
-    if x.shape[0] == 3:
-        return x.permute(1, 2, 0).numpy(), {}
-    return x.mean(0).numpy(), {"cmap": "gray", "vmin": 0.0, "vmax": 1.0}
+    """``[C, H, W]`` -> an array for ``imshow`` and its keyword arguments
+    (:func:`captum_elfa.visualization._synthesis_figures.display_image`)."""
+    from captum_elfa.visualization._synthesis_figures import display_image as _display
+
+    return _display(img, value_range)
 
 
 def show(ax: Any, img: Tensor, value_range: Sequence[float], title: str) -> None:
-    arr, kw = display_image(img, value_range)
-    ax.imshow(arr, interpolation="nearest", **kw)
-    ax.set_title(title, fontsize=9)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    """Draw ``img`` on ``ax`` (:func:`captum_elfa.visualization._synthesis_figures.show_image`)."""
+    from captum_elfa.visualization._synthesis_figures import show_image
+
+    show_image(ax, img, value_range, title)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from captum_elfa._validation import CaptumElfaError
+from captum_elfa._validation import CaptumElfaError, check_int, is_int
 from captum_elfa.optim._engine import (
     LayerProbe,
     check_seed,
@@ -19,7 +18,6 @@ from captum_elfa.optim._engine import (
     optimise,
     resolve_device,
     resolve_transforms,
-    show,
 )
 
 __all__ = ["ActivationMaxResult", "maximize_channel", "maximize_channels"]
@@ -61,25 +59,11 @@ class ActivationMaxResult:
         return self.images[:1]
 
     def figure(self, ncols: int = 6, size: float = 1.8) -> Any:
-        """The images, one panel per channel; a matplotlib ``Figure`` (nothing is shown)."""
-        from matplotlib.figure import Figure
+        """The images, one panel per channel; a matplotlib ``Figure`` (nothing is shown), drawn by
+        :func:`captum_elfa.visualization.plot_channel_images`."""
+        from captum_elfa.visualization.figures import plot_channel_images
 
-        k = len(self.channels)
-        ncols = max(1, min(ncols, k))
-        nrows = math.ceil(k / ncols)
-        fig = Figure(figsize=(size * ncols, size * nrows + 0.3), layout="constrained")
-        axes = fig.subplots(nrows, ncols, squeeze=False)
-        for i, ax in enumerate(axes.flat):
-            if i >= k:
-                ax.set_axis_off()
-                continue
-            title = f"channel {self.channels[i]}"
-            if self.scores is not None:
-                title += f"\nscore {float(self.scores[i]):.3f}"
-            title += f"\nact {float(self.final_activation[i]):.3g}"
-            show(ax, self.images[i], self.value_range, title)
-        fig.suptitle(f"activation maximisation, {self.layer_name}", fontsize=10)
-        return fig
+        return plot_channel_images(self, ncols, size)
 
 
 def _channel_list(channels: Any, top_k: Optional[int]) -> Tuple[List[int], Optional[Tensor]]:
@@ -98,13 +82,11 @@ def _channel_list(channels: Any, top_k: Optional[int]) -> Tuple[List[int], Optio
         raise CaptumElfaError(f"channels must be a sequence of ints or a ChannelRanking, got {type(channels).__name__}")
     out = []
     for c in chans:
-        if isinstance(c, bool) or not isinstance(c, int):
+        if not is_int(c):
             raise CaptumElfaError(f"channel {c!r} is not an int")
         out.append(int(c))
     if top_k is not None:
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise CaptumElfaError(f"top_k={top_k!r} is not valid; expected an int >= 1")
-        out = out[:top_k]
+        out = out[: check_int("top_k", top_k, minimum=1)]
         if scores is not None:
             scores = scores[:top_k]
     if not out:
@@ -257,7 +239,7 @@ def maximize_channel(
         >>> res = maximize_channel(model, model.conv2, 5, (3, 32, 32), seed=0)
         >>> res.image.shape, res.final_activation > res.initial_activation
     """
-    if isinstance(channel, bool) or not isinstance(channel, int):
+    if not is_int(channel):
         raise CaptumElfaError(f"channel={channel!r} is not valid; expected an int")
     return maximize_channels(
         model,

@@ -1,40 +1,35 @@
-"""Matplotlib figures of a fitted :class:`~captum_elfa.LayerFactorAnalysis` (re-exported by
-:mod:`captum_elfa.visualization.figures`)."""
+"""Matplotlib figures of a fitted :class:`~captum_elfa.LayerFactorAnalysis`: the scree plot, the
+loadings, the channel insights and the fit summary (re-exported by
+:mod:`captum_elfa.visualization.figures`). The insights they draw are computed by
+:mod:`captum_elfa.stats.insights`; the image figures (EFAM, Grad-CAM) are in ``_efam_figures``."""
 
 from __future__ import annotations
 
-import numbers
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from torch import Tensor, nn
 
 from captum_elfa._validation import CaptumElfaError
+from captum_elfa.stats.insights import channel_insights, redundancy_groups
 from captum_elfa.visualization._figure_utils import (
     MAX_WIDTH_IN,
-    FactorsArg,
     _axis_length_pt,
     _bars,
     _channel_order,
     _channel_ticks,
-    _check_alpha,
-    _check_images,
     _check_lfa,
-    _check_positive_int,
     _dominant,
     _factor_colors,
     _factor_ticks,
     _label_step,
     _live,
-    _minmax_per_map,
     _np,
-    _overlay,
     _shorten,
-    _show_image,
-    _upsample,
 )
+
+__all__ = ["plot_scree", "plot_loadings", "plot_channel_insights", "plot_fit_summary"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -181,92 +176,6 @@ def plot_loadings(
     return fig
 
 
-def redundancy_groups(lfa: Any, threshold: float = 0.4) -> Dict[int, List[int]]:
-    r"""Groups of redundant channels: for every factor, the live channels whose dominant factor
-    it is with an absolute loading of at least ``threshold``.
-
-    Args:
-        lfa (LayerFactorAnalysis): the fitted model.
-        threshold (float): smallest absolute loading for a channel to belong to its dominant
-                    factor's group. Default: 0.4.
-
-    Returns:
-        dict: factor index -> sorted list of channel indices (every factor is a key; a group
-        may be empty or hold one channel).
-
-    Examples::
-
-        >>> redundancy_groups(lfa, 0.5)
-        {0: [1, 4, 9], 1: [2, 7], 2: []}
-    """
-    _check_lfa(lfa, "redundancy_groups")
-    threshold = _check_threshold(threshold)
-    dom, load = _dominant(lfa)
-    groups: Dict[int, List[int]] = {f: [] for f in range(int(lfa.loadings_.shape[1]))}
-    for j in _live(lfa):
-        if abs(load[j]) >= threshold:
-            groups[int(dom[j])].append(int(j))
-    return groups
-
-
-def _check_threshold(threshold: Any) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not 0 <= float(threshold) < np.inf:
-        raise CaptumElfaError(f"threshold={threshold!r} is not valid; use a non-negative number (0.4 is usual)")
-    return float(threshold)
-
-
-def channel_insights(lfa: Any, threshold: float = 0.4) -> List[Dict[str, Any]]:
-    r"""Per-channel insights of a fitted ELFA model (METHODS.md, "Channel insights").
-
-    For every channel: its communality ``h2`` (how much of it the shared factors explain, its
-    importance to the layer's summary), its uniqueness (what is specific to it), the factor it
-    belongs to (largest absolute loading) and the channels it is redundant with (same dominant
-    factor, both with an absolute loading of at least ``threshold``).
-
-    Args:
-        lfa (LayerFactorAnalysis): the fitted model.
-        threshold (float): smallest absolute loading for a channel to join its dominant factor's
-                    redundancy group. Default: 0.4.
-
-    Returns:
-        list of dict, one per channel in channel order, with keys ``"channel"`` (int),
-        ``"dead"`` (bool), ``"communality"`` (float), ``"uniqueness"`` (float),
-        ``"dominant_factor"`` (int, None for a dead channel), ``"loading"`` (float, the
-        signed dominant loading; 0 for a dead channel), ``"group"`` (int factor index if the
-        channel belongs to a redundancy group, else None) and ``"redundant_with"`` (sorted list
-        of the other channels of its group).
-
-    Examples::
-
-        >>> rows = channel_insights(lfa, threshold=0.5)
-        >>> [r["channel"] for r in rows if r["group"] == 0]       # the channels of factor 1
-        >>> import pandas as pd; pd.DataFrame(rows)                # a table
-    """
-    _check_lfa(lfa, "channel_insights")
-    groups = redundancy_groups(lfa, threshold)
-    member = {j: f for f, chans in groups.items() for j in chans}
-    dom, load = _dominant(lfa)
-    h2 = _np(lfa.metrics_.communalities)
-    psi = _np(lfa.uniquenesses_)
-    out: List[Dict[str, Any]] = []
-    for j in range(int(lfa.loadings_.shape[0])):
-        is_dead = bool(dom[j] < 0)
-        g = member.get(j)
-        out.append(
-            {
-                "channel": j,
-                "dead": is_dead,
-                "communality": float(h2[j]),
-                "uniqueness": float(psi[j]),
-                "dominant_factor": None if is_dead else int(dom[j]),
-                "loading": float(load[j]),
-                "group": g,
-                "redundant_with": [] if g is None else [c for c in groups[g] if c != j],
-            }
-        )
-    return out
-
-
 def plot_channel_insights(
     lfa: Any,
     threshold: float = 0.4,
@@ -400,12 +309,13 @@ def plot_fit_summary(lfa: Any, figsize: Tuple[float, float] = (10.0, 7.0)) -> Fi
     a_kmo.set_xlim(-0.6, live.size - 0.4)
     a_kmo.axhline(float(adq.kmo), color="k", lw=1, label=f"overall KMO = {float(adq.kmo):.3f}")
     a_kmo.axhline(0.6, color="tab:red", ls="--", lw=1, label="0.6")
-    a_kmo.set_ylim(0, 1.05)
+    a_kmo.set_ylim(0, 1.3)  # headroom above 1 for the legend: it covers no bar
+    a_kmo.set_yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     _channel_ticks(a_kmo, live, "x", max_labels=32)
     a_kmo.set_xlabel("channel")
     a_kmo.set_ylabel("KMO (MSA)")
     a_kmo.set_title("Sampling adequacy per channel", fontsize=10)
-    a_kmo.legend(fontsize=8, loc="lower right")
+    a_kmo.legend(fontsize=8, loc="upper right", ncol=2, borderaxespad=0.2)
 
     g2 = _np(met.gamma2)[live]
     p20 = float(met.gamma2_p20)
@@ -439,7 +349,7 @@ def plot_fit_summary(lfa: Any, figsize: Tuple[float, float] = (10.0, 7.0)) -> Fi
     a_var.set_ylim(0, min(1.1, max(1e-3, float(cum.max())) * 1.25))
     a_var.set_ylabel("proportion of variance")
     a_var.set_title("Variance explained", fontsize=10)
-    a_var.legend(fontsize=8, loc="lower right")
+    a_var.legend(fontsize=8, loc="upper left")  # the cumulative curve starts low: the corner is free
 
     a_txt.axis("off")
     lines = [
@@ -459,170 +369,4 @@ def plot_fit_summary(lfa: Any, figsize: Tuple[float, float] = (10.0, 7.0)) -> Fi
         0.0, 1.0, "\n".join(lines), va="top", ha="left", family="monospace", fontsize=8.5, transform=a_txt.transAxes
     )
     a_txt.set_title("Validity metrics", fontsize=10)
-    return fig
-
-
-def plot_efam(
-    lfa: Any,
-    images: Tensor,
-    factors: FactorsArg = "auto",
-    alpha: float = 0.5,
-    cmap: Any = "jet",
-    additional_forward_args: Any = None,
-    figsize: Optional[Tuple[float, float]] = None,
-    factor_cmap: Any = "RdBu_r",
-    max_factors: int = 4,
-) -> Figure:
-    r"""EFAM and per-factor maps overlaid on a batch of images.
-
-    One row per image: the input image, the combined EFAM (``lfa.attribute(images)``, min-max
-    scaled per image to [0, 1], drawn with ``cmap``) and, per requested factor, that factor's
-    raw score map (``lfa.attribute(images, factors=..., normalize=None)``: signed, standardised
-    scores, drawn with the diverging ``factor_cmap`` centred at 0 on limits symmetric about 0
-    and shared by every factor panel). Every map is upsampled to the image size with
-    ``LayerAttribution.interpolate(..., "bilinear")`` and drawn over the image (min-max
-    scaled, grayscale or RGB) with opacity ``alpha``; one colorbar for the EFAM and one for
-    the factor scores. The title says how many of the factors are shown.
-
-    Args:
-        lfa (LayerFactorAnalysis): the fitted model (attached to its model and layer).
-        images (Tensor): ``[N, C, H, W]`` with C = 1 or 3.
-        factors (None, "auto", "all", int or list of int): the per-factor maps to draw; None
-                    draws only the combined EFAM; ``"auto"`` the first ``max_factors``
-                    factors. Default: ``"auto"``.
-        alpha (float): opacity of the maps over the images, in [0, 1]. Default: 0.5.
-        cmap (str or Colormap): colormap of the EFAM (values in [0, 1]). Default: ``"jet"``.
-        additional_forward_args (Any, optional): extra model arguments.
-        figsize (tuple of float, optional): default up to 2 inches per panel, at most 12
-                    inches wide.
-        factor_cmap (str or Colormap): diverging colormap of the signed factor scores.
-                    Default: ``"RdBu_r"``.
-        max_factors (int): factors drawn by ``factors="auto"``. Default: 4.
-
-    Returns:
-        matplotlib.figure.Figure: ``N * (2 + k')`` image axes in an ``N x (2 + k')`` grid (k'
-        the number of per-factor maps; 0 when ``factors`` is None), row-major, first in
-        ``fig.axes``; then the colorbars.
-
-    Examples::
-
-        >>> fig = plot_efam(lfa, images[:4])                # EFAM and the first 4 factors
-        >>> fig = plot_efam(lfa, images[:4], factors=[0, 2], alpha=0.4)
-        >>> fig = plot_efam(lfa, images[:2], factors="all")  # every factor
-    """
-    _check_lfa(lfa, "plot_efam")
-    images = _check_images(images, "plot_efam")
-    alpha = _check_alpha(alpha)
-    max_factors = _check_positive_int("max_factors", max_factors)
-    k = int(lfa.n_factors_)
-    if isinstance(factors, str) and factors == "auto":
-        idx = list(range(min(k, max_factors)))
-    else:
-        idx = lfa._factor_indices(factors) if factors is not None else []
-    size = tuple(images.shape[2:])
-    efam = _upsample(lfa.attribute(images, additional_forward_args=additional_forward_args), size)
-    per = None
-    if idx:
-        raw = lfa.attribute(images, factors=idx, normalize=None, additional_forward_args=additional_forward_args)
-        per = _upsample(raw, size)
-    n, cols = images.shape[0], 2 + len(idx)
-    if figsize is None:
-        panel = min(2.0, (MAX_WIDTH_IN - 1.6) / cols)
-        figsize = (panel * cols + 1.6, panel * n + 0.7)
-    fig = Figure(figsize=figsize, layout="constrained")
-    axes = np.asarray(fig.subplots(n, cols, squeeze=False))
-    vmax = 1.0
-    if per is not None:
-        finite = np.abs(per[np.isfinite(per)])
-        vmax = float(np.quantile(finite, 0.99)) if finite.size else 1.0
-        vmax = vmax if vmax > 0 else 1.0
-    im_efam = im_factor = None
-    for i in range(n):
-        _show_image(axes[i, 0], images[i])
-        im_efam = _overlay(axes[i, 1], images[i], efam[i, 0], alpha, cmap)
-        if per is not None:  # the per-factor maps, when factors were requested
-            for c in range(len(idx)):
-                _show_image(axes[i, 2 + c], images[i])
-                im_factor = axes[i, 2 + c].imshow(
-                    per[i, c], cmap=factor_cmap, alpha=alpha, vmin=-vmax, vmax=vmax, interpolation="bilinear"
-                )
-        axes[i, 0].set_ylabel(f"image {i}", fontsize=8)
-    fs = 9 if cols <= 8 else 7
-    axes[0, 0].set_title("input", fontsize=fs)
-    axes[0, 1].set_title("EFAM", fontsize=fs)
-    for c, f in enumerate(idx):
-        axes[0, 2 + c].set_title(f"F{f + 1}" if cols > 8 else f"factor F{f + 1}", fontsize=fs)
-    if im_efam is not None:
-        fig.colorbar(im_efam, ax=axes[:, 1].tolist(), location="bottom", shrink=0.9, aspect=15).set_label(
-            "EFAM (per image, 0-1)", fontsize=7
-        )
-    if im_factor is not None:
-        cb = fig.colorbar(im_factor, ax=axes[:, 2:].ravel().tolist(), location="bottom", shrink=0.5, aspect=30)
-        cb.set_label("factor score (signed, standardised)", fontsize=7)
-    shown = (
-        f"factors {', '.join(f'F{f + 1}' for f in idx[:6])}{', ...' if len(idx) > 6 else ''}" if idx else "no factor"
-    )
-    fig.suptitle(f"EFAM and {shown} ({len(idx)} of {k} shown)", fontsize=9)
-    return fig
-
-
-def plot_cam_vs_efam(
-    model: Any,
-    lfa: Any,
-    images: Tensor,
-    layer: nn.Module,
-    target: Any = None,
-    alpha: float = 0.5,
-    cmap: Any = "jet",
-    figsize: Optional[Tuple[float, float]] = None,
-) -> Figure:
-    r"""Grad-CAM of a layer side by side with the EFAM of a fitted ELFA model, per image.
-
-    One row per image: the input, Grad-CAM (``analyze(images, GradCAM(model, layer), target)``,
-    ReLU-ed and upsampled to the input, then min-max scaled per image) and EFAM (upsampled
-    bilinearly), both overlaid on the image. Grad-CAM explains one class (``target``, or each
-    image's top class); EFAM is class-agnostic: it shows what the layer's essential features see.
-
-    Args:
-        model (nn.Module): the model.
-        lfa (LayerFactorAnalysis): the fitted model (its layer may differ from ``layer``).
-        images (Tensor): ``[N, C, H, W]`` with C = 1 or 3.
-        layer (nn.Module): the layer of Grad-CAM.
-        target (None, int, list of int or Tensor): the class(es) of Grad-CAM; None for each
-                    image's top class. Default: None.
-        alpha (float): opacity of the maps over the images. Default: 0.5.
-        cmap (str or Colormap): colormap of the maps. Default: ``"jet"``.
-        figsize (tuple of float, optional): default 2 inches per panel.
-
-    Returns:
-        matplotlib.figure.Figure: ``3 * N`` axes in an ``N x 3`` grid (input, Grad-CAM, EFAM).
-
-    Examples::
-
-        >>> fig = plot_cam_vs_efam(model, lfa, images[:4], model.layer4, target=281)
-    """
-    _check_lfa(lfa, "plot_cam_vs_efam")
-    images = _check_images(images, "plot_cam_vs_efam")
-    alpha = _check_alpha(alpha)
-    from captum_elfa.attr.analyze import GradCAM, analyze
-
-    expl = analyze(images, GradCAM(model, layer), target)
-    cam = _minmax_per_map(_np(expl.val.sum(1, keepdim=True)))
-    size = tuple(images.shape[2:])
-    efam = _upsample(lfa.attribute(images), size)
-    targets = None if expl.target is None else expl.target.tolist()
-    n = images.shape[0]
-    if figsize is None:
-        figsize = (6.6, 2.0 * n + 0.4)
-    fig = Figure(figsize=figsize, layout="constrained")
-    axes = np.asarray(fig.subplots(n, 3, squeeze=False))
-    for i in range(n):
-        _show_image(axes[i, 0], images[i])
-        _overlay(axes[i, 1], images[i], cam[i, 0], alpha, cmap)
-        _overlay(axes[i, 2], images[i], efam[i, 0], alpha, cmap)
-        label = f"image {i}" + (f" (class {targets[i]})" if targets is not None else "")
-        axes[i, 0].set_ylabel(label, fontsize=8)
-    axes[0, 0].set_title("input", fontsize=9)
-    axes[0, 1].set_title("Grad-CAM", fontsize=9)
-    axes[0, 2].set_title("EFAM", fontsize=9)
     return fig

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import numbers
-from typing import Any, List, Optional, Sequence, Tuple, Union
+from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 from torch import Tensor
 
 from captum_elfa._validation import CaptumElfaError, NotFittedError
+from captum_elfa.stats.insights import _check_lfa as _check_fitted_lfa
+from captum_elfa.stats.insights import _np, channel_order, dominant_factors, live_channels
 
 FactorsArg = Union[None, str, int, Sequence[int]]
 
 
-def _check_lfa(lfa: Any, what: str) -> None:
-    if not hasattr(lfa, "loadings_") or not hasattr(lfa, "metrics_"):
-        raise NotFittedError(
-            f"{what} needs a fitted LayerFactorAnalysis, got {type(lfa).__name__} without fitted "
-            "results; call lfa.fit(inputs) first (or LayerFactorAnalysis.load(path, model, layer))"
-        )
+_check_lfa = _check_fitted_lfa
 
 
 def _check_pc(pc: Any, what: str) -> None:
@@ -27,12 +24,6 @@ def _check_pc(pc: Any, what: str) -> None:
             f"{what} needs a NeuronPCACE with scores, got {type(pc).__name__} without them; "
             "call pc.attribute(inputs, target) first"
         )
-
-
-def _np(t: Any) -> np.ndarray:
-    if isinstance(t, Tensor):
-        return t.detach().cpu().double().numpy()
-    return np.asarray(t, dtype=np.float64)
 
 
 def _check_images(images: Any, what: str) -> Tensor:
@@ -54,15 +45,6 @@ def _display_image(img: Tensor) -> np.ndarray:
     lo, hi = a.min(), a.max()
     a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
     return a[0] if a.shape[0] == 1 else np.transpose(a, (1, 2, 0))
-
-
-def _minmax_per_map(maps: np.ndarray) -> np.ndarray:
-    """Scale every ``[H, W]`` map of ``[..., H, W]`` to [0, 1]; a constant map becomes zeros."""
-    flat = maps.reshape(maps.shape[:-2] + (-1,))
-    lo = flat.min(-1)[..., None, None]
-    hi = flat.max(-1)[..., None, None]
-    rng = hi - lo
-    return np.where(rng > 0, (maps - lo) / np.where(rng > 0, rng, 1.0), 0.0)
 
 
 def _show_image(ax: Any, img: Tensor) -> None:
@@ -92,36 +74,10 @@ def _check_positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _upsample(maps: Tensor, size: Tuple[int, ...]) -> np.ndarray:
-    from captum.attr import LayerAttribution
-
-    up = LayerAttribution.interpolate(maps.detach().float().cpu(), tuple(size), "bilinear")
-    return _np(up)
-
-
-def _live(lfa: Any) -> np.ndarray:
-    c = int(lfa.loadings_.shape[0])
-    dead = (
-        set(int(i) for i in _np(lfa.dead_channels_).astype(int).tolist()) if hasattr(lfa, "dead_channels_") else set()
-    )
-    return np.array([j for j in range(c) if j not in dead], dtype=int)
-
-
-def _dominant(lfa: Any) -> Tuple[np.ndarray, np.ndarray]:
-    """Dominant factor of every channel and its signed loading (-1 and 0 for dead channels)."""
-    w = _np(lfa.loadings_)
-    dom = np.abs(w).argmax(1)
-    load = w[np.arange(w.shape[0]), dom]
-    is_live = np.zeros(w.shape[0], dtype=bool)
-    is_live[_live(lfa)] = True
-    return np.where(is_live, dom, -1), np.where(is_live, load, 0.0)
-
-
-def _channel_order(lfa: Any) -> np.ndarray:
-    """Live channels ordered by dominant factor, then by decreasing |dominant loading|."""
-    dom, load = _dominant(lfa)
-    live = _live(lfa)
-    return live[np.lexsort((live, -np.abs(load[live]), dom[live]))]
+# the channel order and dominant factors are analysis (captum_elfa.stats.insights); the figures use them
+_live = live_channels
+_dominant = dominant_factors
+_channel_order = channel_order
 
 
 #: widest figure (inches) the defaults produce: 1200 px at 100 dpi, the report's column width

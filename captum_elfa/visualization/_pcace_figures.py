@@ -1,5 +1,6 @@
 """Matplotlib figures of :class:`~captum_elfa.NeuronPCACE` results (re-exported by
-:mod:`captum_elfa.visualization.figures`)."""
+:mod:`captum_elfa.visualization.figures`): the ranking, the top channels' activation maps (captured
+by :mod:`captum_elfa.attr.figure_data`) and the ACE transforms."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from captum_elfa._validation import CaptumElfaError
+from captum_elfa.attr.figure_data import ChannelMaps, top_channel_activations
 from captum_elfa.visualization._figure_utils import (
     MAX_WIDTH_IN,
     _axis_length_pt,
@@ -138,11 +140,13 @@ def plot_top_channel_maps(
     cmap: Any = "viridis",
     additional_forward_args: Any = None,
     figsize: Optional[Tuple[float, float]] = None,
+    maps: Optional[ChannelMaps] = None,
 ) -> Figure:
     r"""Activation maps of the top-``k`` PCACE channels over a few images (what the PCACE
     authors' ``visualize_act_maps`` scripts show).
 
-    The images run through ``pc``'s model once (no gradients, eval mode, model state restored);
+    The activations come from :func:`captum_elfa.attr.figure_data.top_channel_activations`: the
+    images run through ``pc``'s model once (no gradients, eval mode, model state restored);
     a forward hook on ``pc.layer`` captures the activations. One row per image: the image, then
     the map of each top channel at the layer's resolution; each channel (column) shares one
     colour scale over the images so that they can be compared.
@@ -155,6 +159,9 @@ def plot_top_channel_maps(
         cmap (str or Colormap): colormap of the activations. Default: ``"viridis"``.
         additional_forward_args (Any, optional): extra model arguments.
         figsize (tuple of float, optional): default 1.8 inches per panel.
+        maps (ChannelMaps, optional): the activations already captured by
+                    :func:`captum_elfa.attr.figure_data.top_channel_activations` (the model does
+                    not run); captured here when None.
 
     Returns:
         matplotlib.figure.Figure: ``n * (k + 1)`` axes in an ``n x (k + 1)`` grid, with
@@ -168,41 +175,25 @@ def plot_top_channel_maps(
     images = _check_images(images, "plot_top_channel_maps")
     k = _check_positive_int("k", k)
     n_images = _check_positive_int("n_images", n_images)
-    channels, scores = pc.rank_channels()
-    c = int(channels.numel())
-    if k > c:
-        raise CaptumElfaError(f"k={k} is larger than the layer's {c} channels; choose 1 <= k <= {c}")
-    from captum_elfa._capture import LayerCapture, check_activation_shape
-
-    x = images[:n_images]
-    n = x.shape[0]
-    captured: List[Tensor] = []
-    cap = LayerCapture(
-        pc.forward_func,
-        pc.layer,
-        lambda a, i: captured.append(check_activation_shape(a, cap.layer_name).detach().cpu().double()),
-    )
-    with cap:
-        cap.run(x, 0, additional_forward_args)
-    acts = captured[0]
-    if acts.shape[1] != c:
-        raise CaptumElfaError(
-            f"layer '{cap.layer_name}' gives {acts.shape[1]} channels but the PCACE scores have {c}; "
-            "use the NeuronPCACE object of this layer"
-        )
-    top = channels[:k].tolist()
-    maps = acts[:, top].numpy()  # [n, k, h, w]
+    if maps is None:
+        maps = top_channel_activations(pc, images, k, n_images, additional_forward_args)
+    elif not isinstance(maps, ChannelMaps):
+        raise CaptumElfaError(f"maps must be a ChannelMaps (from top_channel_activations), got {type(maps).__name__}")
+    top, scores, acts = list(maps.channels), list(maps.scores), maps.maps
+    k = len(top)
+    n = min(int(acts.shape[0]), int(images.shape[0]), n_images)
+    x, maps_arr = images[:n], acts[:n]
     if figsize is None:
         figsize = (1.8 * (k + 1) + 0.6, 1.8 * n + 0.5)
     fig = Figure(figsize=figsize, layout="constrained")
     axes = np.asarray(fig.subplots(n, k + 1, squeeze=False))
     for col, ch in enumerate(top):
-        lo, hi = float(maps[:, col].min()), float(maps[:, col].max())
+        lo, hi = float(maps_arr[:, col].min()), float(maps_arr[:, col].max())
         if hi <= lo:
             hi = lo + 1.0
         for i in range(n):
             ax = axes[i, col + 1]
-            ax.imshow(maps[i, col], cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+            ax.imshow(maps_arr[i, col], cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
         axes[0, col + 1].set_title(f"ch {ch} ({float(scores[col]):.2f})", fontsize=8)

@@ -205,7 +205,7 @@ def heatmap(
     r"""Colour an explanation as RGB images, with the preset of its analyzer (VisionHeatmaps.jl).
 
     Args:
-        expl (Explanation or Tensor): the explanation, or an attribution ``[N, C, H, W]`` /
+        expl (captum_elfa.attr.analyzers.Explanation or Tensor): the explanation, or an attribution ``[N, C, H, W]`` /
                     ``[N, H, W]`` (drawn with the ``"attribution"`` preset).
         reduce (str, optional): channel reduction, one of ``"sum"``, ``"norm"``,
                     ``"maxabs"``, ``"sumabs"``, ``"abssum"``; default from the preset.
@@ -295,7 +295,7 @@ def visualize_explanation(
     so a ``Figure`` is returned and nothing is shown.
 
     Args:
-        expl (Explanation): the explanation.
+        expl (captum_elfa.attr.analyzers.Explanation): the explanation.
         index (int): the sample to draw. Default: 0.
         original_image (Tensor or ndarray, optional): the input image, a channel-first Tensor
                     ``[C, H, W]`` or a channel-last array ``[H, W, C]``; needed by Captum's

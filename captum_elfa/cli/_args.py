@@ -1,0 +1,135 @@
+"""The command line of ``captum-elfa``: the argument parser and its value types."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from captum_elfa.cli._common import IMAGE_EXTENSIONS
+
+
+def _n_factors(text: str) -> Any:
+    t = text.strip().lower()
+    if t in ("kaiser", "scree", "parallel"):
+        return t
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        f = float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid; use an int, a float in (0, 1), 'kaiser', 'scree' or 'parallel'"
+        ) from None
+    if not 0 < f < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid; a float must be in (0, 1) (a fraction of variance)")
+    return f
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive int") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive int")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a class index (a non-negative int)") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a class index (a non-negative int)")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="captum-elfa",
+        description="Explain what a layer of a CNN has learned: an ELFA factor analysis and a PCACE "
+        "channel ranking, written as a self-contained HTML report with metrics.json and PNG figures.",
+    )
+    sub = ap.add_subparsers(dest="command", metavar="{demo,report}")
+    sub.required = True
+
+    d = sub.add_parser(
+        "demo",
+        help="train a small CNN on scikit-learn's digits and write its report (no network, ~1 min)",
+        description="Train a small CNN on scikit-learn's digits (seeded, a few seconds), fit ELFA on its "
+        "second conv layer, rank the layer's channels for class 3 with PCACE and write the report.",
+    )
+    d.add_argument("--out", default="captum_elfa_demo", help="output folder (default: %(default)s)")
+    d.add_argument(
+        "--n-factors",
+        type=_n_factors,
+        default="parallel",
+        help="int, float in (0, 1), kaiser, scree or parallel (default: %(default)s)",
+    )
+    d.add_argument("--epochs", type=_positive_int, default=15, help="training epochs (default: %(default)s)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    r = sub.add_parser(
+        "report",
+        help="the report of a layer of your model on a folder of images",
+        description="Fit ELFA on a layer of your model over a folder of images and write the report. "
+        "PCACE ranks the layer's channels for --target; without --target it uses the class most "
+        "images are predicted as. PCACE needs at least 10 images and is skipped (with a note) otherwise.",
+        epilog="Examples:\n  captum-elfa report --model torchvision:resnet18 --weights resnet18.pth --layer layer3 --images photos/\n"
+        "  captum-elfa report --model mynet.py:Net --weights net.pt --layer features.6 --images data/ --target 3",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument(
+        "--model",
+        required=True,
+        help="torchvision:NAME (torchvision.models.NAME(weights=None)), module:callable or path/to/file.py:callable",
+    )
+    r.add_argument(
+        "--weights",
+        help="state_dict file (torch.save of model.state_dict(), or a dict with a 'state_dict' entry); "
+        "loaded with weights_only=True and strict key matching",
+    )
+    r.add_argument(
+        "--layer", required=True, help="the layer's name in model.named_modules(), e.g. layer3 or features.6"
+    )
+    r.add_argument(
+        "--images", required=True, help="folder of images (searched recursively: " + ", ".join(IMAGE_EXTENSIONS) + ")"
+    )
+    r.add_argument(
+        "--target",
+        type=_nonneg_int,
+        default=None,
+        help="class index for PCACE and Grad-CAM (default: the class most images are predicted as)",
+    )
+    r.add_argument(
+        "--n-factors",
+        type=_n_factors,
+        default="kaiser",
+        help="int, float in (0, 1), kaiser, scree or parallel (default: %(default)s)",
+    )
+    r.add_argument("--out", default="captum_elfa_report", help="output folder (default: %(default)s)")
+    r.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=224,
+        help="images are resized and center-cropped to this (default: %(default)s)",
+    )
+    r.add_argument("--batch-size", type=_positive_int, default=16, help="images per batch (default: %(default)s)")
+    r.add_argument(
+        "--max-images",
+        type=_positive_int,
+        default=None,
+        help="use at most this many images (the first in sorted order)",
+    )
+    r.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    r.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is often faster for small models on a busy machine)",
+    )
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return ap
