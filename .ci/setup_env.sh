@@ -13,7 +13,7 @@ py="$venv/bin/python"
 "$py" -m pip install -q --no-cache-dir torch torchvision
 case "$name" in
   captum08) "$py" -m pip install -q -e "$root[dev,insights]" "captum==0.8.*" "numpy<2" ;;
-  latest)   "$py" -m pip install -q -e "$root[dev,docs]" "captum>=0.9" "numpy>=2" ;;
+  latest)   "$py" -m pip install -q -e "$root[dev,docs,quantus]" "captum>=0.9" "numpy>=2" ;;
   *) echo "unknown environment '$name' (valid: captum08, latest)" >&2; exit 2 ;;
 esac
 # the ELFA reference implementation, without its TensorFlow dependencies

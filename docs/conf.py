@@ -68,9 +68,15 @@ def _public_submodules(package: str) -> list[str]:
     mod = importlib.import_module(package)
     if not hasattr(mod, "__path__"):
         return []
-    return sorted(
-        f"{package}.{info.name}" for info in pkgutil.iter_modules(mod.__path__) if not info.name.startswith("_")
-    )
+    out: list[str] = []
+    for info in pkgutil.iter_modules(mod.__path__):
+        if info.name.startswith("_"):
+            continue
+        name = f"{package}.{info.name}"
+        out.append(name)
+        if info.ispkg:  # a subpackage (attr.analyzers): its public modules too
+            out += _public_submodules(name)
+    return sorted(out)
 
 
 def _heading(text: str, char: str) -> str:
@@ -115,7 +121,9 @@ def _write_api_pages() -> None:
             subs = _public_submodules(module)
             lines += [f".. automodule:: {module}", "   :no-members:" if subs else "", ""]
             for sub in subs:
-                lines += [_heading(sub, "-"), f".. automodule:: {sub}", ""]
+                # members defined in the module only: a package or module that re-exports
+                # (attr.analyze, attr.analyzers) would document the same classes twice
+                lines += [_heading(sub, "-"), f".. automodule:: {sub}", "   :ignore-module-all:", ""]
         (out / f"{page}.rst").write_text("\n".join(lines), encoding="utf-8")
 
 

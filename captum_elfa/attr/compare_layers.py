@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from captum_elfa._capture import Inputs, LayerCapture, TokenGrid, iter_batches_with_args, layer_name
+from captum_elfa._capture import CallIndex, Inputs, LayerCapture, TokenGrid, iter_batches_with_args, layer_name
 from captum_elfa._progress import n_batches as count_batches
 from captum_elfa._progress import progress_bar
 from captum_elfa._validation import CaptumElfaError, check_bool, check_choice, check_int, is_int
@@ -223,7 +223,7 @@ def compare_layers(
     channel_dim: Union[None, int, Mapping[str, Optional[int]]] = None,
     token_grid: Union[TokenGrid, Mapping[str, TokenGrid]] = None,
     drop_tokens: Union[int, Mapping[str, int]] = 0,
-    call_index: Union[int, Mapping[str, int]] = -1,
+    call_index: Union[CallIndex, Mapping[str, CallIndex]] = None,
 ) -> LayerComparison:
     r"""ELFA and PCACE summaries of several layers of one network, from one pass over the data.
 

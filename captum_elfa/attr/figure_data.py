@@ -223,10 +223,22 @@ def top_channel_activations(
         raise CaptumElfaError(f"k={k} is larger than the layer's {c} channels; choose 1 <= k <= {c}")
     x = images[:n_images]
     captured: List[Tensor] = []
+    lay = getattr(pc, "layout", None)  # the PCACE object's layout: the same maps it scored
+    layout_kw = (
+        {}
+        if lay is None
+        else dict(
+            channel_dim=lay.channel_dim,
+            token_grid=lay.token_grid,
+            drop_tokens=lay.drop_tokens,
+            call_index=lay.call_index,
+        )
+    )
     cap = LayerCapture(
         pc.forward_func,
         pc.layer,
         lambda a, i: captured.append(check_activation_shape(a, cap.layer_name).detach().cpu().double()),
+        **layout_kw,
     )
     with cap:
         cap.run(x, 0, additional_forward_args)

@@ -8,7 +8,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from captum_elfa._capture import LayerCapture, TokenGrid, model_device
+from captum_elfa._capture import CallIndex, LayerCapture, TokenGrid, model_device
 from captum_elfa._validation import CaptumElfaError, check_choice, check_int
 from captum_elfa.optim.param import FFTImage, PixelImage, _shape4
 from captum_elfa.optim.transforms import Compose, standard_transforms
@@ -40,7 +40,7 @@ class LayerProbe:
         channel_dim: Optional[int] = None,
         token_grid: TokenGrid = None,
         drop_tokens: int = 0,
-        call_index: int = -1,
+        call_index: CallIndex = None,
     ) -> None:
         self.extra = additional_forward_args
         self._act: Optional[Tensor] = None

@@ -8,6 +8,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from captum_elfa._capture import CallIndex
 from captum_elfa._validation import CaptumElfaError, check_int, is_int
 from captum_elfa.optim._engine import (
     LayerProbe,
@@ -118,7 +119,7 @@ def maximize_channels(
     channel_dim: Optional[int] = None,
     token_grid: Any = None,
     drop_tokens: int = 0,
-    call_index: int = -1,
+    call_index: CallIndex = None,
 ) -> ActivationMaxResult:
     r"""One image per channel maximising the channel's mean activation at ``layer``, all
     channels optimised together (a batch of images, one forward pass per step).
