@@ -204,20 +204,29 @@ def _svd_iteration(prob: _Problem, T: np.ndarray, gamma: float, tol: float, max_
     return T, it
 
 
+#: factors up to which rotations are polished by Newton steps (a finite-difference Hessian)
+_NEWTON_MAX_K = 24
+
+
 def _minimise(A: np.ndarray, crit: _Criterion, oblique: bool, tol: float, max_iter: int):
     """(Orthomax: SVD iterations, then) GPA to a loose tolerance, Newton polish, then GPA again if
     the polish did not reach tol."""
     prob = _Problem(A, crit, oblique)
     T = np.eye(A.shape[1])
     it0 = 0
+    k = A.shape[1]
+    # Newton's finite-difference Hessian costs k(k-1) gradients (k^2 for oblique) and a d x d
+    # eigendecomposition: above _NEWTON_MAX_K factors the first-order iterations go to tol alone
+    newton = k <= _NEWTON_MAX_K
     if not oblique and crit in (_varimax, _quartimax):
         # the SVD iteration converges linearly: to 1e-5, or to tol itself when that is >= 1e-6
-        # (cheaper there than Newton steps with a finite-difference Hessian)
-        svd_tol = tol if tol >= 1e-6 else max(tol, 1e-5)
-        T, it0 = _svd_iteration(prob, T, 1.0 if crit is _varimax else 0.0, svd_tol, min(max_iter, 5000))
-    T, conv, it, f, s, _ = _gpa(prob, T, max(tol, 1e-5), max_iter)
+        # (cheaper there than Newton steps with a finite-difference Hessian) or without Newton
+        svd_tol = tol if (tol >= 1e-6 or not newton) else max(tol, 1e-5)
+        cap = min(max_iter, 5000) if newton else max_iter
+        T, it0 = _svd_iteration(prob, T, 1.0 if crit is _varimax else 0.0, svd_tol, cap)
+    T, conv, it, f, s, _ = _gpa(prob, T, max(tol, 1e-5) if newton else tol, max_iter)
     it += it0
-    if s >= tol:
+    if s >= tol and newton:
         T, f, s, nn = _newton(prob, T, f, s, tol)
         it += nn
     if s >= tol:

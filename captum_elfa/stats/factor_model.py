@@ -45,7 +45,7 @@ KKT_TOL = 1e-6
 # above this many variables the screening runs use a warm-started subspace iteration for the
 # leading eigenpairs and only the best starts are refined; at or below, every start is refined
 # and the best one polished by Newton steps on a finite-difference Hessian
-_LARGE_C = 384
+_LARGE_C = 768
 _SCREEN_ITER = 20
 _N_REFINE = 3
 _REFINE_ALL_C = 32  # small problems: every start is refined (a screened start lost a better
@@ -131,7 +131,7 @@ def ml_factor_analysis(
     three best (every start up to 32 variables) are refined to the KKT tolerance, the best is kept
     and polished (Newton steps on a finite-difference Hessian for C <= 64, EM and restarted
     L-BFGS-B otherwise); if it stalls next to the floor, the uniquenesses within three decades of
-    it are held on it and the others re-optimised (an active-set step). Above 384 variables the
+    it are held on it and the others re-optimised (an active-set step). Above 768 variables the
     leading eigenpairs come from a warm-started subspace iteration during the runs.
 
     Convergence is the KKT test at the exact (LAPACK) eigenvectors, never the change of ``F``:
