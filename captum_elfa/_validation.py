@@ -43,6 +43,19 @@ def is_int(value: Any) -> bool:
     return False
 
 
+def is_real(value: Any) -> bool:
+    """True for Python, numpy and 0-d torch real numbers (ints included); False for bools."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim == 0:
+        return value.dtype not in (torch.bool, np.bool_) and not (
+            isinstance(value, torch.Tensor) and value.dtype.is_complex
+        )
+    return False
+
+
 def check_int(name: str, value: Any, *, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
     """Return ``value`` as an int, or raise naming ``name``, the value and the valid range.
 

@@ -19,10 +19,11 @@ from captum_elfa.stats.ace import (
     standardized_components,
     super_smoother,
 )
+from helpers import require
 
-ace_pkg = pytest.importorskip("ace.ace")
-smoother_pkg = pytest.importorskip("ace.smoother")
-supersmoother_pkg = pytest.importorskip("ace.supersmoother")
+ace_pkg = require("ace.ace")
+smoother_pkg = require("ace.smoother")
+supersmoother_pkg = require("ace.supersmoother")
 
 
 def _sample_x(rng: np.random.Generator, n: int, kind: str) -> np.ndarray:

@@ -138,8 +138,11 @@ def test_errors(model, x150):
     with pytest.raises(CaptumElfaError, match="call_index=2 is not valid.*called 2 time"):
         compare_layers(twice, [shared], x150, pcace=False, progress=False, call_index=2)
     assert all(len(m._forward_hooks) == 0 for m in twice.modules())
-    # a module called twice: the last call by default (as Captum's LayerGradCam), or call_index
-    last = compare_layers(twice, [shared], x150, pcace=False, progress=False, n_factors=1)
+    # a module called twice: refused by default (naming call_index), the last call with -1 (as
+    # Captum's LayerGradCam), or another call_index
+    with pytest.raises(CaptumElfaError, match="called 2 times per forward pass"):
+        compare_layers(twice, [shared], x150, pcace=False, progress=False, n_factors=1)
+    last = compare_layers(twice, [shared], x150, pcace=False, progress=False, n_factors=1, call_index=-1)
     first = compare_layers(twice, {"s": shared}, x150, pcace=False, progress=False, n_factors=1, call_index=0)
     with torch.no_grad():
         a0 = twice[1](twice[0](x150))

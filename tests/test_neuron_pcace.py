@@ -15,10 +15,11 @@ from torch import nn
 
 from captum_elfa._validation import CaptumElfaError, NotFittedError
 from captum_elfa.attr.neuron_pcace import NeuronPCACE
+from helpers import require
 
-ace_pkg = pytest.importorskip("ace.ace")
-PCA = pytest.importorskip("sklearn.decomposition").PCA
-StandardScaler = pytest.importorskip("sklearn.preprocessing").StandardScaler
+ace_pkg = require("ace.ace")
+PCA = require("sklearn.decomposition").PCA
+StandardScaler = require("sklearn.preprocessing").StandardScaler
 
 DEAD, CONSTANT = 0, 1  # channels of conv2 forced dead (all 0 after ReLU) and constant (0.7)
 

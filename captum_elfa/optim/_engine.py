@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from captum_elfa._capture import CallIndex, LayerCapture, TokenGrid, model_device
-from captum_elfa._validation import CaptumElfaError, check_choice, check_int
+from captum_elfa._validation import CaptumElfaError, check_choice, check_int, is_int, is_real
 from captum_elfa.optim.param import FFTImage, PixelImage, _shape4
 from captum_elfa.optim.transforms import Compose, standard_transforms
 
@@ -98,15 +98,15 @@ def check_steps_lr(method: str, steps: Optional[int], lr: Optional[float]) -> Tu
     steps = check_int("steps", steps, minimum=1)
     if lr is None:
         lr = DEFAULT_LR[method]
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+    if not is_real(lr) or not math.isfinite(float(lr)) or float(lr) <= 0:
         raise CaptumElfaError(f"lr={lr!r} is not valid; expected a positive finite float")
     return steps, float(lr)
 
 
 def check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_int(seed):
         raise CaptumElfaError(f"seed={seed!r} is not valid; expected an int")
-    return seed
+    return int(seed)
 
 
 def input_shape4(input_shape: Sequence[int], batch: int) -> Tuple[int, int, int, int]:

@@ -243,7 +243,20 @@ def _newton(prof: _Profile, x: np.ndarray, steps: int, gtol: float) -> Tuple[np.
         free = np.flatnonzero(~((lo & (g > 0)) | (hi & (g < 0))))
         if free.size == 0:
             return x, done - 1
-        hess = prof.hessian(x)[np.ix_(free, free)]
+        if prof.c <= _GRADED_MAX_C and float((x - prof.upper).min()) < _GRADED_BELOW:
+            # a uniqueness near the floor makes S ill-conditioned: the analytic Hessian from a
+            # Householder eigendecomposition loses its digits there, so difference the accurate
+            # (Jacobi SVD) gradient on the free coordinates instead
+            h = 1e-6
+            cols = []
+            for i in free:
+                xp = x.copy()
+                xp[i] += h
+                cols.append((prof.value_grad(xp, exact=True)[1][free] - g[free]) / h)
+            hess = np.array(cols)
+            hess = 0.5 * (hess + hess.T)
+        else:
+            hess = prof.hessian(x)[np.ix_(free, free)]
         step = np.zeros_like(x)
         try:  # positive definite (the usual case near a minimum): a Cholesky solve
             step[free] = -scipy.linalg.cho_solve(scipy.linalg.cho_factor(hess, check_finite=False), g[free])

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numbers
 from typing import Any, List, Optional, Sequence, Union
 
 import numpy as np
 from torch import Tensor
 
-from captum_elfa._validation import CaptumElfaError, NotFittedError
+from captum_elfa._validation import CaptumElfaError, NotFittedError, is_int, is_real
 from captum_elfa.stats.insights import _check_lfa as _check_fitted_lfa
 from captum_elfa.stats.insights import _np, channel_order, dominant_factors, live_channels
 
@@ -63,13 +62,13 @@ def _overlay(ax: Any, img: Tensor, heat: np.ndarray, alpha: float, cmap: Any) ->
 
 
 def _check_alpha(alpha: Any) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= float(alpha) <= 1:
+    if not is_real(alpha) or not 0 <= float(alpha) <= 1:
         raise CaptumElfaError(f"alpha={alpha!r} is not valid; use a number in [0, 1]")
     return float(alpha)
 
 
 def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if not is_int(value) or int(value) < 1:
         raise CaptumElfaError(f"{name}={value!r} is not valid; use a positive int")
     return int(value)
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from captum_elfa._validation import CaptumElfaError, check_choice
+from captum_elfa._validation import CaptumElfaError, check_choice, is_int, is_real
 
 __all__ = ["heatmap", "visualize_explanation", "HEATMAP_PRESETS", "REDUCTIONS", "RANGESCALES"]
 
@@ -248,7 +248,7 @@ def heatmap(
     if cmap is None and rangescale == "centered":
         # an odd number of colours puts 0.5 (a zero attribution) on the exact centre: white
         colormap = _odd_resampled(colormap)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+    if not is_real(alpha) or not 0 <= float(alpha) <= 1:
         raise CaptumElfaError(f"alpha={alpha!r} is not valid; use a number in [0, 1]")
 
     maps = _reduce(val, reduce)
@@ -324,7 +324,7 @@ def visualize_explanation(
     if not isinstance(expl, Explanation):
         raise CaptumElfaError(f"expected an Explanation, got {type(expl).__name__}")
     n = expl.val.shape[0]
-    if isinstance(index, bool) or not isinstance(index, int) or not -n <= index < n:
+    if not is_int(index) or not -n <= int(index) < n:
         raise CaptumElfaError(f"index={index!r} is not valid; the explanation has {n} samples")
     attr = expl.val[index].detach().cpu().double()
     if attr.dim() == 2:

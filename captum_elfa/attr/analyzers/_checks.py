@@ -10,7 +10,7 @@ import torch
 from captum.attr import Attribution, LayerAttribution
 from torch import Tensor
 
-from captum_elfa._validation import CaptumElfaError, check_choice
+from captum_elfa._validation import CaptumElfaError, check_choice, is_int, is_real
 from captum_elfa.attr.analyzers.base import Analyzer
 
 Baseline = Union[None, float, Tensor]
@@ -18,7 +18,7 @@ Distribution = Union[torch.distributions.Distribution, Callable[[torch.Size], Te
 
 
 def _check_n(n: Any, owner: str, minimum: int = 1) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or int(n) < minimum:
+    if not is_int(n) or int(n) < minimum:
         raise CaptumElfaError(
             f"{owner}: n={n!r} is not valid; n is the number of samples and must be an int >= {minimum}"
         )
@@ -28,13 +28,13 @@ def _check_n(n: Any, owner: str, minimum: int = 1) -> int:
 def _check_batch_size(batch_size: Any, owner: str) -> Optional[int]:
     if batch_size is None:
         return None
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+    if not is_int(batch_size) or int(batch_size) < 1:
         raise CaptumElfaError(f"{owner}: batch_size={batch_size!r} is not valid; use None (all at once) or an int >= 1")
     return int(batch_size)
 
 
 def _check_std(std: Any, owner: str) -> float:
-    if isinstance(std, bool) or not isinstance(std, numbers.Real) or not math.isfinite(std) or std < 0:
+    if not is_real(std) or not math.isfinite(float(std)) or float(std) < 0:
         raise CaptumElfaError(
             f"{owner}: std={std!r} is not valid; the noise standard deviation must be a finite "
             "number >= 0 (Smilkov et al. suggest 10-20% of the input range), or pass a "

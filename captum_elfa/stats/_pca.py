@@ -1,0 +1,121 @@
+"""PCACE preprocessing: standardise every pixel position of a channel over the images and project
+on the leading principal axes (scikit-learn's ``StandardScaler`` + ``PCA``, with its sign
+convention), batched over channels, in float64."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+# ---------------------------------------------------------------------------------------------
+# PCACE preprocessing
+# ---------------------------------------------------------------------------------------------
+def standardized_components(acts: Tensor, n_components: int) -> tuple[Tensor, Tensor]:
+    """Standardise each pixel position over the images, then project on the leading principal axes.
+
+    See :func:`standardized_spectrum`, which also returns the leading eigenvalues.
+
+    Returns:
+        (components, constant): ``[C, n_components, N]`` float64 scores and the ``[C]`` bool mask
+        of constant channels.
+    """
+    scores, constant, _, _ = standardized_spectrum(acts, n_components)
+    return scores, constant
+
+
+def standardized_spectrum(
+    acts: Tensor, n_components: int, n_eigenvalues: int = 0
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Standardise each pixel position over the images, then project on the leading principal axes.
+
+    Per channel, as scikit-learn's ``StandardScaler().fit_transform`` followed by
+    ``PCA(n_components).fit_transform``: a column whose variance is zero up to rounding
+    (scikit-learn's rule) is centred but not scaled, and each principal axis is signed so that its
+    largest-magnitude loading is positive (``svd_flip`` with ``u_based_decision=False``; loadings
+    whose magnitudes agree to 1e-9 count as tied and the first one decides, where scikit-learn lets
+    rounding decide). A component whose variance is zero up to rounding is set to exactly 0.
+
+    Args:
+        acts (Tensor): ``[C, N, P]`` activations of ``C`` channels for ``N`` images and ``P``
+                    pixel positions (any float dtype; computed in float64).
+        n_components (int): number of components, at most ``min(N, P)``.
+        n_eigenvalues (int): leading eigenvalues to return, at least ``n_components`` (smaller
+                    values count as ``n_components``); those beyond ``min(N, P)`` are 0.
+
+    Returns:
+        (components, constant, eigenvalues, total): ``[C, n_components, N]`` float64
+        principal-component scores, a ``[C]`` bool mask of channels whose every pixel position is
+        constant over the images (their components are 0), ``[C, e]`` the leading eigenvalues of
+        the standardised maps' Gram matrix, largest first, and ``[C]`` its trace (eigenvalues
+        are ``N`` times those of the covariance; ratios are what matter).
+    """
+    c, n, p = acts.shape
+    if not 1 <= n_components <= min(n, p):
+        raise ValueError(f"n_components={n_components} must be between 1 and min(N, P)={min(n, p)}")
+    z = acts.to(torch.float64, copy=True)
+    mean = z.mean(1, keepdim=True)
+    z.sub_(mean)
+    var = (z * z).mean(1, keepdim=True)  # [C, 1, P]
+    eps = torch.finfo(torch.float64).eps
+    constant_col = var <= n * eps * var + (n * mean * eps) ** 2
+    # 1 / scale, with constant columns (scikit-learn: centred, scale 1) set to exactly 0
+    inv_scale = (1.0 / var.sqrt().masked_fill_(constant_col, 1.0)).masked_fill_(constant_col, 0.0)
+    constant = constant_col.all(-1).squeeze(-1)
+    n_eig = min(max(n_components, n_eigenvalues), min(n, p))
+    if p <= n:
+        # covariance of the standardised columns, scaled after the product of the centred ones
+        gram = (z.transpose(1, 2) @ z).mul_(inv_scale.transpose(1, 2)).mul_(inv_scale)  # [C, P, P]
+        evals, axes = _leading_eigenpairs(gram, n_eig)  # axes [C, P, e]
+        axes = axes[..., :n_components]
+    else:
+        z.mul_(inv_scale)
+        gram = z @ z.transpose(1, 2)  # [C, N, N]
+        evals, u = _leading_eigenpairs(gram, n_eig)
+        axes = z.transpose(1, 2) @ u[..., :n_components]  # [C, P, k]
+        axes = axes / axes.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+        inv_scale = torch.ones_like(inv_scale)
+    total = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1, keepdim=True)
+    # sign: largest |loading| positive, the first of those equal up to rounding on ties (with two
+    # live pixels, the loadings are always +-1/sqrt(2): rounding noise must not pick the sign)
+    mag = axes.abs()
+    near_max = mag >= mag.amax(1, keepdim=True) * (1.0 - 1e-9)
+    big = near_max.to(torch.uint8).argmax(1, keepdim=True)
+    signs = torch.sign(axes.gather(1, big))
+    axes = axes * torch.where(signs == 0, 1.0, signs)
+    # scores of the standardised data: elementwise product and sum over pixels, so that identical
+    # maps (all-zero ReLU maps) give exactly identical scores, i.e. ties
+    weights = axes * inv_scale.transpose(1, 2)  # [C, P, k]
+    scores = torch.stack([(z * weights[..., j].unsqueeze(1)).sum(-1) for j in range(n_components)], 1)
+    degenerate = evals[:, :n_components] <= 1e-12 * total.clamp_min(0)
+    scores = scores.masked_fill(degenerate.unsqueeze(-1) | constant.view(c, 1, 1), 0.0)
+    want = max(n_components, n_eigenvalues)
+    if want > n_eig:
+        evals = torch.cat([evals, evals.new_zeros(c, want - n_eig)], 1)
+    return scores, constant, evals.clamp_min(0.0), total.squeeze(-1)
+
+
+def _leading_eigenpairs(mats: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest eigenvalues ``[B, k]`` and eigenvectors ``[B, d, k]`` (largest first) of a
+    batch of symmetric matrices ``[B, d, d]``.
+
+    On CPU, LAPACK's ``dsyevr`` computes just the ``k`` wanted pairs of each matrix; a loop over
+    the batch avoids ``torch.linalg.eigh``'s batched CPU path, which nests OpenMP regions and can
+    be orders of magnitude slower on a busy machine. Elsewhere, ``torch.linalg.eigh``.
+    """
+    b, d, _ = mats.shape
+    if mats.device.type != "cpu":
+        evals, evecs = torch.linalg.eigh(mats)
+        return evals[..., -k:].flip(-1), evecs[..., -k:].flip(-1)
+    from scipy.linalg import lapack
+
+    arr = mats.detach().to(torch.float64).numpy()
+    evals = torch.empty(b, k, dtype=torch.float64)
+    evecs = torch.empty(b, d, k, dtype=torch.float64)
+    for i in range(b):
+        w, v, _, _, info = lapack.dsyevr(arr[i], compute_v=1, range="I", il=d - k + 1, iu=d)
+        if info != 0:  # pragma: no cover - LAPACK failure
+            raise RuntimeError(f"LAPACK dsyevr failed with info={info} on matrix {i}")
+        evals[i] = torch.from_numpy(w[:k][::-1].copy())
+        evecs[i] = torch.from_numpy(v[:, :k][:, ::-1].copy())
+    return evals, evecs
