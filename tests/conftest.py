@@ -20,6 +20,31 @@ _BLAS_LIMIT = threadpool_limits(limits=1, user_api="blas")
 from helpers import SmallCNN  # noqa: E402
 
 
+#: test modules marked ``slow`` as a whole (``pytest -m "not slow"`` is the fast loop), and why
+SLOW_MODULES = {
+    "test_tutorials": "executes every notebook",
+    "test_report_browser": "renders reports in headless Chromium",
+    "test_insights_browser": "drives Captum Insights in headless Chromium",
+    "test_ml_optimum": "the 40-model scan against scikit-learn's converged EM",
+    "test_elfa_reference": "the elfa and factor_analyzer oracles at converged tolerances",
+    "test_distributed": "spawns torch.distributed process groups",
+    "test_figures_scale": "renders every figure at 64, 256 and 512 channels",
+    "test_cli": "trains the demo CNN and reports on ResNet-18",
+    "test_report_robust": "writes whole reports",
+    "test_deeplab": "torchvision DeepLabV3",
+    "test_layouts": "ViT, ConvNeXt, Conv1d and Conv3d layers",
+    "test_quantus": "Quantus metrics on a trained CNN",
+    "test_demo": "trains the digits CNN",
+    "test_readme": "runs the README's quickstart",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn's 8x8 digits as (N, 1, 8, 8) float32 in [0, 1] and their labels."""

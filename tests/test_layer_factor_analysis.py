@@ -79,6 +79,7 @@ def test_linear_layer_output(digits):
     assert lfa.adequacy_.kmo == pytest.approx(calculate_kmo(z)[1], rel=1e-8)
 
 
+@pytest.mark.slow
 def test_layer_of_512_channels(digits):
     """A 512-channel layer: KMO equals factor_analyzer, Bartlett and R2 stay finite through
     log-determinants (the reference's determinant underflows), and scikit-learn's own EM step

@@ -196,6 +196,7 @@ def test_targets_inputs_and_conveniences() -> None:
     assert pc.ace_transforms(channels[0]).channel == best  # a 0-d LongTensor works too
 
 
+@pytest.mark.slow
 def test_chunked_statistics_give_the_same_scores(monkeypatch: pytest.MonkeyPatch) -> None:
     import captum_elfa.stats.pcace as module  # the statistics moved there (issue 11)
 

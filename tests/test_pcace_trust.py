@@ -117,6 +117,7 @@ def _noise_acts(gen: torch.Generator, c: int, n: int, p: int) -> torch.Tensor:
     return a
 
 
+@pytest.mark.slow
 def test_p_values_are_uniform_under_a_shuffled_target() -> None:
     gen = torch.Generator().manual_seed(0)
     n_perm, first, pooled, family = 19, [], [], 0

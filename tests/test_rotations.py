@@ -149,6 +149,7 @@ def test_converged_projected_gradient_scan(method, kw, normalize):
     assert worst > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("normalize", [False, True])
 @pytest.mark.parametrize("method", ["varimax", "quartimax", "oblimin", "promax", "geomin"])
 def test_matches_factor_analyzer(method, normalize):

@@ -340,6 +340,7 @@ def test_min_images_rule():
         min_images(10, 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("c,k", [(192, 12), (400, 30)])
 def test_fewer_parallel_draws_on_wide_layers_keep_the_count(c: int, k: int) -> None:
     """Above 128 channels parallel analysis draws fewer random matrices: the retained count must
