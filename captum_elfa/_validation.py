@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from types import FrameType
 from typing import Any, Iterable, Optional
 
 import numpy as np
@@ -138,3 +139,25 @@ def _range_text(minimum: Optional[int], maximum: Optional[int]) -> str:
     if maximum is not None:
         return f" <= {maximum}"
     return ""
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes ``warnings.warn``, called by the caller of this function,
+    point at the first frame outside captum_elfa (and Captum's logging wrappers): the user's line.
+
+    Examples::
+
+        >>> warnings.warn("message", UserWarning, stacklevel=user_stacklevel())
+    """
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame: Optional[FrameType] = sys._getframe(1)
+    level = 1
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(package) or f"{os.sep}captum{os.sep}log{os.sep}" in frame.f_code.co_filename
+    ):
+        frame = frame.f_back
+        level += 1
+    return level

@@ -19,7 +19,6 @@ _BLAS_LIMIT = threadpool_limits(limits=1, user_api="blas")
 
 from helpers import SmallCNN  # noqa: E402
 
-
 #: test modules marked ``slow`` as a whole (``pytest -m "not slow"`` is the fast loop), and why
 SLOW_MODULES = {
     "test_tutorials": "executes every notebook",

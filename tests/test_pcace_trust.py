@@ -323,3 +323,18 @@ def test_pcace_refuses_all_calls_and_checks_batch_size() -> None:
         NeuronPCACE(model, model.act, call_index="all")
     with pytest.raises(CaptumElfaError, match="batch_size"):
         NeuronPCACE(model, model.act).attribute(torch.randn(12, 3, 8, 8), target=0, batch_size=0, progress=False)
+
+
+def test_warnings_point_at_the_callers_line() -> None:
+    """Cautions of LayerFactorAnalysis.fit and PCACE's warnings name the user's file, not ours."""
+    from captum_elfa import LayerFactorAnalysis
+
+    model = SparseNet().eval()
+    x = torch.randn(12, 3, 8, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        LayerFactorAnalysis(model, model.conv).fit(x, n_factors=2, progress=False)  # 12 images < min_images
+        NeuronPCACE(model, model.act).attribute(x, target=0, progress=False)  # 12 images < 100
+    mine = [w for w in caught if issubclass(w.category, (UserWarning,)) and "images" in str(w.message)]
+    assert len(mine) >= 2
+    assert all(w.filename == __file__ for w in mine), [(w.filename, str(w.message)[:60]) for w in mine]

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from captum_elfa._capture import CallIndex, Inputs, LayerCapture, LayerLayout, TokenGrid, iter_batches_with_args
 from captum_elfa._capture import layer_name as _lname
 from captum_elfa._distributed import is_distributed
-from captum_elfa._validation import CaptumElfaError, NotFittedError, check_choice
+from captum_elfa._validation import CaptumElfaError, NotFittedError, check_choice, user_stacklevel
 from captum_elfa.attr import _lfa_io, _lfa_report
 from captum_elfa.attr._lfa_io import FittedELFA
 from captum_elfa.attr._lfa_maps import NORMALIZATIONS, contract, factor_indices, normalize_maps, short_repr
@@ -317,7 +317,7 @@ class LayerFactorAnalysis(LayerAttribution):
         name = layer_name if layer_name is not None else _lname(self.forward_func, self.layer)
         self._fitted = FittedELFA(res, name, shape, self.layout)
         for caution in res.cautions:
-            warnings.warn(f"layer '{name}': {caution.message}", caution.category, stacklevel=_stacklevel + 1)
+            warnings.warn(f"layer '{name}': {caution.message}", caution.category, stacklevel=user_stacklevel())
         return self
 
     # ------------------------------------------------------------------------------------------

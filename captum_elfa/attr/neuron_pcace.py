@@ -28,7 +28,7 @@ from captum_elfa._capture import (
 )
 from captum_elfa._progress import n_batches as _n_batches
 from captum_elfa._progress import progress_bar
-from captum_elfa._validation import CaptumElfaError, NotFittedError, check_float, check_int, is_int
+from captum_elfa._validation import CaptumElfaError, NotFittedError, check_float, check_int, is_int, user_stacklevel
 from captum_elfa.stats.ace import ACEResult
 from captum_elfa.stats.pcace import (
     MIN_IMAGES,
@@ -352,7 +352,7 @@ class NeuronPCACE(NeuronAttribution):
         self._ace = result
         self._rows = rows
         for message in reliability_messages(n, null):
-            warnings.warn(message, PCACEWarning, stacklevel=3)
+            warnings.warn(message, PCACEWarning, stacklevel=user_stacklevel())
         return scores
 
     # -- steps ---------------------------------------------------------------------------------
