@@ -3,14 +3,14 @@ target selection, the gathering over ``torch.distributed`` ranks and the layer r
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Union
+from typing import Any, Callable, List, Optional, Union, cast
 
 import torch
 from torch import Tensor, nn
 
 from captum_elfa import _distributed as _dist
 from captum_elfa._capture import check_activation_shape
-from captum_elfa._validation import CaptumElfaError
+from captum_elfa._validation import CaptumElfaError, is_int
 from captum_elfa.stats.pcace import MIN_IMAGES
 
 Target = Union[None, int, Callable[[Any], Tensor]]
@@ -135,8 +135,12 @@ def _describe(t: Tensor) -> str:
     return f"images {bad[:10].tolist()}"
 
 
-def _select_target(output: Any, target: Target, n: int, index: int) -> Tensor:
-    """The explained score of every image of a batch, float64 ``[n]``."""
+def select_target(output: Any, target: Target, n: int, index: int = 0) -> Tensor:
+    """The explained score of every image of a batch, float64 ``[n]`` (PCACE's target rule: a
+    class index of an ``(N, K)`` output, a callable mapping the output to ``[N]``, or None for
+    one output per image). Used by :class:`~captum_elfa.NeuronPCACE` and ``compare_layers``."""
+    if is_int(target):
+        target = int(cast(Any, target))
     if callable(target) and not isinstance(target, int):
         y = target(output)
         if not isinstance(y, Tensor):
@@ -178,3 +182,6 @@ def _select_target(output: Any, target: Target, n: int, index: int) -> Tensor:
             f"target={target} is out of range for an output with {k} classes; choose an index in [0, {k - 1}]"
         )
     return flat[:, target].to(torch.float64)
+
+
+_select_target = select_target  # the name earlier versions used

@@ -19,7 +19,7 @@ from captum_elfa._progress import n_batches as count_batches
 from captum_elfa._progress import progress_bar
 from captum_elfa._validation import CaptumElfaError, check_bool, check_choice, check_int, is_int
 from captum_elfa.attr.layer_factor_analysis import N_FACTORS_METHODS, LayerFactorAnalysis
-from captum_elfa.attr.neuron_pcace import MIN_IMAGES, pcace_statistics
+from captum_elfa.attr.neuron_pcace import MIN_IMAGES, pcace_statistics, select_target
 from captum_elfa.stats.moments import RunningMoments
 from captum_elfa.stats.nfactors import NFactorsSpec
 from captum_elfa.stats.rotations import ROTATIONS
@@ -152,41 +152,9 @@ def _check_target(target: Any) -> None:
 
 
 def target_scores(output: Any, target: Target, n: int, index: int = 0) -> Tensor:
-    """The explained score of every image of a batch, float64 ``[n]`` (PCACE's target rule:
-    a class index of an ``(N, K)`` output, a callable, or None for one output per image)."""
-    if callable(target) and not isinstance(target, int):
-        y = target(output)
-        if not isinstance(y, Tensor):
-            raise CaptumElfaError(f"target callable returned a {type(y).__name__}; it must return a Tensor [N]")
-        y = y.reshape(y.shape[0], -1)[:, 0] if y.dim() == 2 and y.shape[1] == 1 else y
-        if y.dim() != 1 or y.shape[0] != n:
-            raise CaptumElfaError(
-                f"target callable returned shape {tuple(y.shape)} for batch {index} of {n} images; "
-                f"it must return a Tensor [{n}]"
-            )
-        return y.detach().to(torch.float64)
-    if not isinstance(output, Tensor) or output.dim() == 0 or output.shape[0] != n:
-        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-        raise CaptumElfaError(
-            f"the model output is {shape} for batch {index} of {n} images; expected a Tensor with the batch "
-            "first, or pass target as a callable mapping the output to a Tensor [N]"
-        )
-    flat = output.detach().reshape(n, -1)
-    k = flat.shape[1]
-    if target is None:
-        if k != 1:
-            raise CaptumElfaError(
-                f"target=None needs one output per image, but the output has shape {tuple(output.shape)}; "
-                f"pass a class index 0..{k - 1} or a callable"
-            )
-        return flat[:, 0].to(torch.float64)
-    t = int(target)
-    if output.dim() != 2 or not 0 <= t < k:
-        raise CaptumElfaError(
-            f"target={t} is out of range or not valid for an output of shape {tuple(output.shape)}; choose a class index "
-            f"in [0, {k - 1}] of an (N, K) output, or a callable"
-        )
-    return flat[:, t].to(torch.float64)
+    """The explained score of every image of a batch, float64 ``[n]``: PCACE's target rule
+    (:func:`captum_elfa.attr.neuron_pcace.select_target`)."""
+    return select_target(output, target, n, index)
 
 
 class _Activations:

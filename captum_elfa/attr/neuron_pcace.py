@@ -62,6 +62,7 @@ __all__ = [
     "PCACEDiagnostics",
     "PCACEWarning",
     "pcace_statistics",
+    "select_target",
 ]
 # re-exported for compare_layers and older code (they live in captum_elfa.stats.pcace)
 _REEXPORTED = (_batched_ace, _chunk_channels, _standardized_components_chunked)
@@ -74,6 +75,7 @@ from captum_elfa.attr._pcace_capture import (  # noqa: E402 - after the re-expor
     _join_failed,
     _resolve_layer,
     _select_target,
+    select_target,
 )
 
 #: default number of target permutations of the null
