@@ -20,6 +20,7 @@ Usage::
     python benchmarks/bench_pcace.py                 # 300 images of 224x224, as the paper
     python benchmarks/bench_pcace.py --quick         # 60 images, 4 oracle channels, 10 resamples
     python benchmarks/bench_pcace.py --null-scan     # the measurements behind the thresholds
+    python benchmarks/bench_pcace.py --coverage-scan # coverage of the bootstrap intervals
 """
 
 from __future__ import annotations
@@ -96,6 +97,76 @@ def null_scan() -> None:
             print(f"  N={n:5d} P={p:3d}: q95 {q:.3f}, (q95 - 1) * sqrt(N) = {(q - 1) * np.sqrt(n):.2f}")
 
 
+def _half_sample_intervals(
+    x: torch.Tensor, y: torch.Tensor, n_bootstrap: int, level: float, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What :func:`bootstrap_intervals` computes for one-pixel channels, with an independent
+    target per row (``x``, ``y`` ``[R, N]``): scores, intervals ``[R, 2]`` and bias-corrected
+    scores. ``tests/test_pcace_trust.py`` checks that the function computes these formulas."""
+    from captum_elfa.stats.pcace import _batched_ace
+
+    def scores(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        z = (xs - xs.mean(-1, keepdim=True)) / xs.std(-1, keepdim=True)
+        return _batched_ace(z.unsqueeze(1), ys).correlation
+
+    n = x.shape[-1]
+    full = scores(x, y)
+    reps = torch.stack(
+        [
+            scores(x[:, idx], y[:, idx])
+            for idx in (torch.randperm(n, generator=gen)[: n // 2] for _ in range(n_bootstrap))
+        ]
+    )
+    q_lo, q_hi = torch.quantile(reps, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64), dim=0)
+    intervals = torch.stack([2 * full - q_hi, 2 * full - q_lo], 1).clamp(0, 1)
+    return full, intervals, (2 * full - reps.mean(0)).clamp(0, 1)
+
+
+def coverage_scan(n_bootstrap: int = 40, rows: int = 200) -> None:
+    """Coverage of the intervals of :func:`bootstrap_intervals` of a known population maximal
+    correlation, with the ordinary percentile bootstrap for comparison.
+
+    ``x = f(z1)``, ``y = g(z2)`` with ``(z1, z2)`` bivariate normal of correlation rho: the maximal
+    correlation of ``(x, y)`` is ``|rho|`` for any strictly monotone ``f`` and ``g`` (Gebelein
+    1941). ``rows`` independent data sets (each its own target) per setting, one-pixel maps."""
+    from captum_elfa.stats.pcace import _batched_ace
+
+    transforms = {
+        "linear": (lambda z: z, lambda z: z),
+        "cube/tanh": (lambda z: z**3, torch.tanh),
+        "exp/tanh": (torch.exp, torch.tanh),
+    }
+    print(
+        f"coverage of bootstrap_intervals ({rows} independent data sets per line, {n_bootstrap} half-samples; "
+        "bias = mean score - rho, then of the bias-corrected score; 'pct' = ordinary percentile bootstrap)"
+    )
+    for n in (100, 200, 300, 600):
+        for rho in (0.9, 0.6, 0.3, 0.0):
+            for name, (f, g) in transforms.items():
+                gen = torch.Generator().manual_seed(n + int(100 * rho))
+                z2 = torch.randn(rows, n, generator=gen, dtype=torch.float64)
+                z1 = rho * z2 + (1 - rho**2) ** 0.5 * torch.randn(rows, n, generator=gen, dtype=torch.float64)
+                x, y = f(z1), g(z2)
+                cover = []
+                for level in (0.9, 0.95):
+                    full, iv, bc = _half_sample_intervals(x, y, n_bootstrap, level, gen)
+                    cover.append(((iv[:, 0] <= rho) & (rho <= iv[:, 1])).double().mean().item())
+                pct = ""
+                if name == "linear" and n <= 300:
+                    z = (x - x.mean(-1, keepdim=True)) / x.std(-1, keepdim=True)
+                    reps = []
+                    for _ in range(n_bootstrap):
+                        idx = torch.randint(0, n, (rows, n), generator=gen)
+                        reps.append(_batched_ace(z.gather(1, idx).unsqueeze(1), y.gather(1, idx)).correlation)
+                    q = torch.quantile(torch.stack(reps), torch.tensor([0.05, 0.95], dtype=torch.float64), dim=0)
+                    pct = f" | pct 90%: {((q[0] <= rho) & (rho <= q[1])).double().mean().item():.2f}"
+                print(
+                    f"  N={n:4d} rho={rho:.1f} {name:9s}: 90% {cover[0]:.2f}  95% {cover[1]:.2f}  "
+                    f"bias {(full - rho).mean().item():+.3f} -> {(bc - rho).mean().item():+.3f}{pct}",
+                    flush=True,
+                )
+
+
 def timed(fn):
     t0 = time.perf_counter()
     result = fn()
@@ -113,9 +184,14 @@ def main() -> None:
     parser.add_argument("--bootstrap", type=int, default=100, help="resamples timed in (c)")
     parser.add_argument("--quick", action="store_true", help="60 images, 4 oracle channels, 10 resamples")
     parser.add_argument("--null-scan", action="store_true", help="only the null-vs-N and eigen-gap measurements")
+    parser.add_argument("--coverage-scan", action="store_true", help="only the coverage of the bootstrap intervals")
     args = parser.parse_args()
     if args.null_scan:
         null_scan()
+        return
+    if args.coverage_scan:
+        torch.set_num_threads(1)
+        coverage_scan()
         return
     if args.quick:
         args.images, args.oracle_channels, args.bootstrap = 60, 4, 10

@@ -165,11 +165,22 @@ def test_bootstrap_is_seeded_batched_and_validated() -> None:
     y = torch.randn(30, generator=gen, dtype=torch.float64)
     a = bootstrap_intervals(acts, y, n_bootstrap=6, random_state=1, confidence=0.8)
     b = bootstrap_intervals(acts, y, n_bootstrap=6, random_state=1, confidence=0.8)
-    assert a.replicates.shape == (6, 5) and a.intervals.shape == (5, 2)
+    assert a.replicates.shape == (6, 5) and a.intervals.shape == (5, 2) and a.subsample_size == 15
     torch.testing.assert_close(a.intervals, b.intervals, atol=0, rtol=0)
     assert torch.all(a.intervals[:, 0] <= a.intervals[:, 1])
+    # the basic interval of the half-sample scores around the full score, clipped to [0, 1]
+    s = pcace_fit(acts, y).scores
     lo, hi = torch.quantile(a.replicates, torch.tensor([0.1, 0.9], dtype=torch.float64), dim=0)
-    torch.testing.assert_close(a.intervals, torch.stack([lo, hi], 1))
+    torch.testing.assert_close(a.intervals, torch.stack([2 * s - hi, 2 * s - lo], 1).clamp(0, 1))
+    torch.testing.assert_close(a.bias_corrected, (2 * s - a.replicates.mean(0)).clamp(0, 1))
+    given = bootstrap_intervals(acts, y, n_bootstrap=6, random_state=1, confidence=0.8, scores=s)
+    torch.testing.assert_close(given.intervals, a.intervals, atol=0, rtol=0)
+    # each replicate is the score of a half-sample without replacement (no duplicated image)
+    gen2 = torch.Generator().manual_seed(1)
+    order = torch.sort(y.double(), stable=True).indices
+    draw = torch.sort(torch.randperm(30, generator=gen2)[:15]).values
+    assert draw.unique().numel() == 15
+    torch.testing.assert_close(a.replicates[0], pcace_fit(acts[:, order[draw]], y[order[draw]]).scores)
     with pytest.raises(CaptumElfaError, match="confidence"):
         bootstrap_intervals(acts, y, n_bootstrap=2, confidence=1.0)
     with pytest.raises(CaptumElfaError, match="n_bootstrap"):
@@ -177,23 +188,23 @@ def test_bootstrap_is_seeded_batched_and_validated() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="measured: ACE's upward bias, doubled on resamples with duplicated images, makes percentile "
-    "intervals undercover (90% intervals cover rho=0.9 at N=300 in about 37% of cases, rho=0.6 at N=200 "
-    "in about 6%)",
-)
 def test_bootstrap_intervals_cover_a_known_population_value() -> None:
-    # bivariate normal (x_c, y) with correlation rho: the maximal correlation is |rho|
+    # bivariate normal (x_c, y) with correlation rho: the maximal correlation is |rho|. Measured
+    # (benchmarks/bench_pcace.py --coverage-scan, 200 independent data sets per setting): 90%
+    # intervals cover 0.80-0.83 at N = 300 for rho = 0.3-0.9; the ordinary percentile bootstrap
+    # covered 0-35% there. Here: 20 channels x 4 targets, so the bounds are loose.
     gen = torch.Generator().manual_seed(7)
-    n, rho, hits = 300, 0.9, []
-    for d in range(3):
+    n, hits, pct = 300, [], []  # pct: the errors of the bias-corrected and the plain scores
+    for d, rho in enumerate((0.9, 0.6, 0.9, 0.6)):
         y = torch.randn(n, generator=gen, dtype=torch.float64)
         x = rho * y + (1 - rho**2) ** 0.5 * torch.randn(20, n, generator=gen, dtype=torch.float64)
         boot = bootstrap_intervals(x.unsqueeze(-1), y, n_bootstrap=40, random_state=d, confidence=0.9)
         hits.append(((boot.intervals[:, 0] <= rho) & (rho <= boot.intervals[:, 1])).double())
+        pct.append(torch.stack([boot.bias_corrected - rho, pcace_fit(x.unsqueeze(-1), y).scores - rho]))
     coverage = torch.cat(hits).mean().item()
-    assert 0.8 <= coverage <= 0.98, coverage
+    bias_corrected, bias = torch.cat(pct, 1).mean(1).tolist()
+    assert bias > 0.01 and abs(bias_corrected) < bias / 2, (bias, bias_corrected)  # the bias, mostly removed
+    assert 0.7 <= coverage <= 0.98, coverage
 
 
 # ---------------------------------------------------------------------------------------------

@@ -167,8 +167,11 @@ class NeuronPCACE(NeuronAttribution):
         threshold\_ (float or None): 95th percentile over permutations of the maximum null
         score over channels; above it a channel is significant (FWER 5%).
         significant\_ (Tensor or None): ``[C]`` bool, ``scores_ > threshold_``.
-        bootstrap_scores\_ (Tensor or None): ``[B, C]`` scores on resampled images.
-        intervals\_ (Tensor or None): ``[C, 2]`` percentile intervals at level ``confidence_``.
+        bootstrap_scores\_ (Tensor or None): ``[B, C]`` scores on half-samples of the images.
+        bias_corrected_scores\_ (Tensor or None): ``[C]`` ``2 * scores_ - mean(bootstrap_scores_)``:
+        the score with ACE's finite-sample bias removed to first order.
+        intervals\_ (Tensor or None): ``[C, 2]`` bias-corrected half-sampling intervals of the
+        population score at level ``confidence_``.
 
     The scores do not depend on the order of the images: they are computed in a canonical order
     (images sorted by the target) and ties of the components are broken canonically in ACE.
@@ -263,9 +266,13 @@ class NeuronPCACE(NeuronAttribution):
                         (``null_scores_``, ``p_values_``, ``null_quantiles_``, ``threshold_``,
                         ``significant_``); 0 turns the null off. Default: 20 (the smallest
                         p-value is then 1/21).
-            n_bootstrap (int): ``B`` seeded resamples of the images for percentile intervals
-                        (``intervals_``); 0 (default) turns them off. Each resample repeats
-                        the statistics (about 0.2 s per 512 channels of 300 images on a CPU).
+            n_bootstrap (int): ``B`` seeded half-samples of the images for bias-corrected
+                        confidence intervals of the population score (``intervals_``,
+                        ``bias_corrected_scores_``; see
+                        :func:`captum_elfa.stats.pcace.bootstrap_intervals`); 0 (default)
+                        turns them off. Each half-sample repeats the statistics on ``N // 2``
+                        images. Close to their level from about 300 images for scores of
+                        channels related to the target; they undercover with fewer images.
             random_state (int or None): seed of the permutations and resamples (None: fresh
                         randomness). Default: 0.
             confidence (float): level of the bootstrap intervals, in (0, 1). Default: 0.95.
@@ -325,7 +332,9 @@ class NeuronPCACE(NeuronAttribution):
         scores, constant, result, rows = fit.scores, fit.constant, fit.ace_result, fit.rows
         null = permutation_null(fit, n_permutations, random_state) if n_permutations > 0 else None
         boot = (
-            bootstrap_intervals(acts, y, n_components, n_bootstrap, random_state, confidence, layer_name)
+            bootstrap_intervals(
+                acts, y, n_components, n_bootstrap, random_state, confidence, layer_name, scores=fit.scores
+            )
             if n_bootstrap > 0
             else None
         )
@@ -345,6 +354,7 @@ class NeuronPCACE(NeuronAttribution):
         self.significant_ = None if null is None else null.significant
         self.bootstrap_scores_ = None if boot is None else boot.replicates
         self.intervals_ = None if boot is None else boot.intervals
+        self.bias_corrected_scores_ = None if boot is None else boot.bias_corrected
         self.target_scores_ = y.to(acts.device)
         self.n_images_ = n
         self.n_components_ = n_components

@@ -112,6 +112,7 @@ def _pcace_json(pc: Any, ranking: Any, tgt: Any) -> Dict[str, Any]:
         "threshold": _jsonable(getattr(pc, "threshold_", None)),
         "significant": _opt_list(pc, "significant_"),
         "intervals": _opt_list(pc, "intervals_"),
+        "bias_corrected_scores": _opt_list(pc, "bias_corrected_scores_"),
         "confidence": _jsonable(getattr(pc, "confidence_", None)),
         "null_quantiles": None if not quantiles else {str(q): _finite(v) for q, v in quantiles.items()},
         "ill_defined_channels": None if ill is None else [int(i) for i in ill.nonzero().flatten().tolist()],

@@ -164,18 +164,25 @@ class PCACENull:
 
 @dataclass
 class PCACEBootstrap:
-    """Percentile bootstrap of every channel's score.
+    """Bias-corrected half-sampling intervals of every channel's score.
 
     Attributes:
-        replicates (Tensor): ``[B, C]`` scores on ``B`` resamples of the images (with replacement).
-        intervals (Tensor): ``[C, 2]`` the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``
-                    percentiles of the replicates.
+        replicates (Tensor): ``[B, C]`` scores on ``B`` seeded half-samples of the images
+                    (``N // 2`` images drawn without replacement).
+        intervals (Tensor): ``[C, 2]`` ``2 * score - q_hi`` and ``2 * score - q_lo``, clipped to
+                    [0, 1], where ``q_lo, q_hi`` are the ``(1 -+ confidence) / 2`` percentiles of
+                    the replicates (see :func:`bootstrap_intervals`).
+        bias_corrected (Tensor): ``[C]`` ``2 * score - mean(replicates)``, clipped to [0, 1]: the
+                    score with ACE's small-sample bias extrapolated away (first order).
         confidence (float): the level.
+        subsample_size (int): images per half-sample.
     """
 
     replicates: Tensor
     intervals: Tensor
+    bias_corrected: Tensor
     confidence: float
+    subsample_size: int
 
 
 def _generator(random_state: Optional[Any]) -> torch.Generator:
@@ -312,24 +319,49 @@ def bootstrap_intervals(
     random_state: Optional[Any] = 0,
     confidence: float = 0.95,
     layer_name: str = "layer",
+    scores: Optional[Tensor] = None,
 ) -> PCACEBootstrap:
-    """Percentile intervals of every channel's score from seeded resamples of the images.
+    """Confidence intervals of every channel's population score from seeded half-samples.
 
-    Each resample (``N`` images drawn with replacement, in the canonical order) is standardised,
-    projected and scored again, all channels batched; a channel constant in a resample scores 0
-    there, and a resample whose target is constant gives NaN (ignored by the percentiles).
+    ACE's score is biased upwards at finite ``N`` (the smoother fits part of the noise), by about
+    ``b(N) ~ c / N`` once ``N`` is large enough that the smoother's spans stop shrinking: spans
+    are fixed fractions of ``N``. Percentile intervals of an ordinary bootstrap are centred on the
+    biased score, and resamples with duplicated images are biased further, so they cover the
+    population value far less often than their level (measured 0-42% for 90% intervals). Here:
+
+    * each replicate scores a half-sample of ``m = N // 2`` images drawn without replacement (in
+      the canonical order), all channels batched. The spread of half-sample scores around the
+      full score estimates the sampling spread of the full score (half-sampling: ``var(s_m -
+      s_N) = var(s_m) (1 - m / N) = var(s_N)`` at ``m = N / 2``), and their mean is biased by
+      ``b(N / 2) = 2 b(N)``;
+    * so ``2 * score - mean(replicates)`` removes the first-order bias (a Richardson step,
+      :attr:`PCACEBootstrap.bias_corrected`), and the interval is the basic (reflected)
+      interval ``[2 score - q_hi, 2 score - q_lo]`` of the replicates, clipped to [0, 1].
+
+    Coverage of a known population maximal correlation (bivariate normal and monotone
+    transforms of it, 200 independent data sets per setting; ``python benchmarks/bench_pcace.py
+    --coverage-scan``): 90% intervals cover 80-86% at N = 200-300 for population values 0.6-0.9
+    and 69-80% for 0.3; below 200 images (where the bias shrinks more slowly than ``1 / N``:
+    53-73% at N = 100) and for channels unrelated to the target (a population value of 0 sits on
+    the boundary, where the bias decays like ``1 / sqrt(N)``: 13-45%) much less, so read an
+    interval next to the channel's p-value. The ordinary percentile bootstrap covered 0-35%.
+
+    A channel constant in a half-sample scores 0 there, and a half-sample whose target is
+    constant gives NaN (ignored by the percentiles).
 
     Args:
         acts (Tensor): ``[C, N, P]`` activations.
         y (Tensor): ``[N]`` targets.
         n_components (int): principal components per channel.
-        n_bootstrap (int): ``B >= 1`` resamples.
+        n_bootstrap (int): ``B >= 1`` half-samples.
         random_state (int or None): seed (None: a fresh random seed).
         confidence (float): level of the intervals, in (0, 1).
         layer_name (str): named in error messages.
+        scores (Tensor, optional): ``[C]`` the full-sample scores when already computed
+                    (:attr:`PCACEFit.scores`); computed otherwise.
 
     Returns:
-        PCACEBootstrap: replicates ``[B, C]`` and intervals ``[C, 2]``.
+        PCACEBootstrap: replicates ``[B, C]``, intervals ``[C, 2]`` and bias-corrected scores.
 
     Examples::
 
@@ -342,11 +374,15 @@ def bootstrap_intervals(
     c, n, _ = acts.shape
     device = acts.device
     y = y.to(device=device, dtype=torch.float64)
+    if scores is None:
+        scores = pcace_fit(acts, y, n_components, layer_name).scores
+    scores = scores.to(device=device, dtype=torch.float64)
+    m = n // 2
     order = _canonical_order(y)
     ys = y.index_select(0, order)
     reps = torch.zeros(b, c, dtype=torch.float64, device=device)
     for i in range(b):
-        draw = torch.sort(torch.randint(0, n, (n,), generator=gen)).values.to(device)  # canonical: y sorted
+        draw = torch.sort(torch.randperm(n, generator=gen)[:m]).values.to(device)  # canonical: y sorted
         yb = ys.index_select(0, draw)
         if bool(yb.max() == yb.min()):
             reps[i] = float("nan")
@@ -359,8 +395,10 @@ def bootstrap_intervals(
             reps[i, live] = _batched_ace(comps.index_select(0, live), yb).correlation
     alpha = (1.0 - confidence) / 2.0
     q = torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64, device=device)
-    intervals = torch.nanquantile(reps, q, dim=0).transpose(0, 1).contiguous()
-    return PCACEBootstrap(reps, intervals, confidence)
+    q_lo, q_hi = torch.nanquantile(reps, q, dim=0).unbind(0)
+    intervals = torch.stack([2.0 * scores - q_hi, 2.0 * scores - q_lo], 1).clamp(0.0, 1.0)
+    bias_corrected = (2.0 * scores - torch.nanmean(reps, 0)).clamp(0.0, 1.0)
+    return PCACEBootstrap(reps, intervals.contiguous(), bias_corrected, confidence, m)
 
 
 def reliability_messages(n_images: int, null: Optional[PCACENull]) -> List[str]:
