@@ -462,3 +462,104 @@ def test_gallery_picks_distinct_spread_images(tmp_path: Path) -> None:
     among = [3, 9, 12, 15]
     assert set(gallery_indices(files, 4, among)) <= set(among)
     assert gallery_indices(files, 4, []) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# layouts: token, channels-last and shared layers through the command line
+# ----------------------------------------------------------------------------------------------
+_LAYOUT_MODELS = """
+import torch
+import torchvision
+from torch import nn
+
+
+def vit():
+    torch.manual_seed(0)
+    m = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+    )
+    nn.init.normal_(m.heads.head.weight)  # torchvision starts the head at 0: a constant class score
+    return m
+
+
+def convnext():
+    torch.manual_seed(0)
+    return torchvision.models.convnext_tiny(weights=None)
+"""
+
+
+@pytest.fixture(scope="module")
+def layout_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("layout_models") / "layout_models_cli.py"
+    path.write_text(_LAYOUT_MODELS)
+    return path
+
+
+def _layout_report(model: str, layer: str, images: Path, out: Path, size: int, *extra: str) -> list:
+    return ["report", "--model", model, "--layer", layer, "--images", str(images), "--image-size", str(size)] + [
+        "--out",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
+
+
+def test_report_vit_token_layer(layout_models: Path, image_dir: Path, tmp_path: Path, capsys) -> None:
+    spec = f"{layout_models}:vit"
+    layer = "encoder.layers.encoder_layer_1"
+    # without a layout the (N, L, C) output is refused, naming the options
+    err = _fails(_layout_report(spec, layer, image_dir, tmp_path / "a", 32), capsys)
+    assert "(12, 17, 32) is ambiguous" in err and "--channel-dim -1" in err and "--token-grid" in err
+    assert not (tmp_path / "a").exists()
+    out = tmp_path / "vit"
+    args = _layout_report(spec, layer, image_dir, out, 32, "--channel-dim", "-1", "--drop-tokens", "1")
+    assert main([*args, "--token-grid", "auto", "--target", "3"]) == 0, capsys.readouterr().err
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["elfa"]["n_channels"] == 32 and doc["elfa"]["activation_shape"] == [32, 4, 4]
+    assert doc["pcace"] is not None and len(doc["pcace"]["scores"]) == 32
+    assert {p.stem for p in out.glob("*.png")} >= {"efam", "cam_vs_efam", "pcace_ranking"}
+    # the same numbers as the library with the same layout on the same images
+    from captum_elfa import NeuronPCACE
+    from captum_elfa.cli import load_model
+    from captum_elfa.cli._images import ImageFolderFlat, find_images
+
+    model = load_model(spec).eval()
+    data = ImageFolderFlat(find_images(str(image_dir), None, False), 32, 3)
+    x = torch.stack([data[i] for i in range(len(data))])
+    pc = NeuronPCACE(model, model.get_submodule(layer), channel_dim=-1, drop_tokens=1, token_grid="auto")
+    with pytest.warns(UserWarning):  # 12 images: below the reliable count
+        scores = pc.attribute(x, target=3, progress=False)
+    np.testing.assert_allclose(doc["pcace"]["scores"], scores.numpy(), atol=1e-6)
+    # a grid that does not hold the patch tokens: a clear error naming the options
+    err = _fails([*args, "--token-grid", "3x5"], capsys)
+    assert "--token-grid (3, 5) holds 15 tokens" in err and "--drop-tokens 1" in err
+
+
+def test_report_convnext_channels_last_and_call_index(
+    layout_models: Path, resnet_weights: Path, image_dir: Path, tmp_path: Path, capsys
+) -> None:
+    spec = f"{layout_models}:convnext"
+    layer = "features.1.0.block.5"  # nn.Linear(384, 96) on (N, H, W, C)
+    err = _fails(_layout_report(spec, layer, image_dir, tmp_path / "a", 64), capsys)
+    assert "acts on the last dimension" in err and "--channel-dim -1" in err
+    out = tmp_path / "cnx"
+    assert main(_layout_report(spec, layer, image_dir, out, 64, "--channel-dim", "-1")) == 0, capsys.readouterr().err
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["elfa"]["n_channels"] == 96 and doc["elfa"]["activation_shape"] == [96, 16, 16]
+    # ResNet's BasicBlock.relu runs twice per forward pass: refused, then --call-index
+    rargs = _report_args(resnet_weights, image_dir, tmp_path / "r0")
+    rargs[rargs.index("layer3")] = "layer1.0.relu"
+    err = _fails(rargs, capsys)
+    assert "--call-index" in err and "layer1.0" in err
+    rargs[rargs.index(str(tmp_path / "r0"))] = str(tmp_path / "r1")
+    assert main([*rargs, "--call-index", "-1"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "r1" / "cam_vs_efam.png").is_file()
+    rargs[rargs.index(str(tmp_path / "r1"))] = str(tmp_path / "r2")
+    assert main([*rargs, "--call-index", "all"]) == 0, capsys.readouterr().err
+    doc = json.loads((tmp_path / "r2" / "metrics.json").read_text())
+    assert not (tmp_path / "r2" / "cam_vs_efam.png").exists()
+    assert any("Grad-CAM left out" in n for n in doc["notes"])
+    assert doc["elfa"]["n_images"] == 24  # two calls per image, each a sample set
+    for bad, msg in (("x", "'x' is not valid"), ("0", "batch dimension")):
+        err = _fails([*rargs, "--channel-dim", bad], capsys)
+        assert msg in err

@@ -162,7 +162,8 @@ def cam_and_efam_maps(
         model (nn.Module): the model.
         lfa (LayerFactorAnalysis): the fitted model.
         images (Tensor): ``[N, C, H, W]``.
-        layer (nn.Module): the layer of Grad-CAM.
+        layer (nn.Module): the layer of Grad-CAM; when it is ``lfa``'s layer, Grad-CAM reads it
+                    with ``lfa``'s layout (``channel_dim``, tokens, ``call_index``).
         target (None, int, list of int or Tensor): the class(es); None for each image's top class.
         efam (ndarray, optional): ``[N, 1, H, W]`` an EFAM already computed (``efam_maps(...).efam``),
                     so that the layer is not run again.
@@ -177,7 +178,22 @@ def cam_and_efam_maps(
     from captum_elfa.attr.analyze import GradCAM, analyze
 
     images = _check_images(images, "cam_and_efam_maps")
-    expl = analyze(images, GradCAM(model, layer), target)
+    layout = {}
+    lay = getattr(lfa, "layout", None)
+    if lay is not None and layer is getattr(lfa, "layer", None):
+        # Grad-CAM reads the layer as the factor model does (channels-last, tokens, which call)
+        if lay.call_index == "all":
+            raise CaptumElfaError(
+                "cam_and_efam_maps: the factor model pools every call of the layer (call_index='all'); "
+                "Grad-CAM weights one activation: pass a layer called once, or fit with an int call_index"
+            )
+        layout = {
+            "channel_dim": lay.channel_dim,
+            "token_grid": lay.token_grid,
+            "drop_tokens": lay.drop_tokens,
+            "call_index": lay.call_index,
+        }
+    expl = analyze(images, GradCAM(model, layer, **layout), target)
     cam = _minmax_per_map(_np(expl.val.sum(1, keepdim=True)))
     if efam is None:
         efam = _upsample(lfa.attribute(images), tuple(images.shape[2:]))

@@ -47,6 +47,51 @@ def _nonneg_int(text: str) -> int:
     return v
 
 
+def _channel_dim(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid; use an int: 1 for channels first (N, C, ...), -1 for channels last "
+            "(N, ..., C) and tokens (N, L, C)"
+        ) from None
+    if v == 0:
+        raise argparse.ArgumentTypeError("0 is the batch dimension; use 1 (channels first) or -1 (channels last)")
+    return v
+
+
+def _call_index(text: str) -> Any:
+    t = text.strip().lower()
+    if t == "all":
+        return "all"
+    try:
+        return int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not valid; use an int (0 for the first call, -1 for the last) or 'all'"
+        ) from None
+
+
+def _token_grid(text: str) -> Any:
+    t = text.strip().lower()
+    if t == "auto":
+        return "auto"
+    parts = t.split("x")
+    if len(parts) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        return (int(parts[0]), int(parts[1]))
+    raise argparse.ArgumentTypeError(f"{text!r} is not valid; use 'auto' or HxW with positive ints, e.g. 14x14")
+
+
+def _nonneg_count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative int") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative int")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="captum-elfa",
@@ -79,7 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         "PCACE ranks the layer's channels for --target; without --target it uses the class most "
         "images are predicted as. PCACE needs at least 10 images and is skipped (with a note) otherwise.",
         epilog="Examples:\n  captum-elfa report --model torchvision:resnet18 --weights resnet18.pth --layer layer3 --images photos/\n"
-        "  captum-elfa report --model mynet.py:Net --weights net.pt --layer features.6 --images data/ --target 3",
+        "  captum-elfa report --model mynet.py:Net --weights net.pt --layer features.6 --images data/ --target 3\n"
+        "  captum-elfa report --model torchvision:vit_b_16 --weights vit.pth --layer encoder.layers.5 "
+        "--images photos/ --channel-dim -1 --drop-tokens 1 --token-grid auto\n"
+        "  captum-elfa report --model torchvision:convnext_tiny --weights cnx.pth --layer features.5.0.block.3 "
+        "--images photos/ --channel-dim -1\n"
+        "  captum-elfa report --model torchvision:resnet18 --weights resnet18.pth --layer layer1.0.relu "
+        "--images photos/ --call-index -1",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument(
@@ -109,6 +160,37 @@ def build_parser() -> argparse.ArgumentParser:
         type=_n_factors,
         default="kaiser",
         help="int, float in (0, 1), kaiser, scree or parallel (default: %(default)s)",
+    )
+    lay = r.add_argument_group(
+        "layer layout",
+        "how to read the layer's output (as the channel_dim, token_grid, drop_tokens and "
+        "call_index arguments of LayerFactorAnalysis and NeuronPCACE)",
+    )
+    lay.add_argument(
+        "--channel-dim",
+        type=_channel_dim,
+        default=None,
+        help="the channel dimension of the layer output: 1 for (N, C, ...), -1 for channels-last (N, H, W, C) "
+        "or tokens (N, L, C) (default: decided from the module, refused when ambiguous)",
+    )
+    lay.add_argument(
+        "--token-grid",
+        type=_token_grid,
+        default=None,
+        help="grid of a token layer's patch tokens: auto (a square count) or HxW, e.g. 14x14 (default: none)",
+    )
+    lay.add_argument(
+        "--drop-tokens",
+        type=_nonneg_count,
+        default=0,
+        help="leading tokens of a token layer left out, e.g. 1 for ViT's CLS token (default: %(default)s)",
+    )
+    lay.add_argument(
+        "--call-index",
+        type=_call_index,
+        default=None,
+        help="which call of a module run several times per forward pass: an int (-1: the last) or all "
+        "(every call's output is a sample set; Grad-CAM is then left out) (default: refuse such a module)",
     )
     r.add_argument("--out", default="captum_elfa_report", help="output folder (default: %(default)s)")
     r.add_argument(

@@ -18,6 +18,20 @@ from captum_elfa.cli._images import (
 )
 from captum_elfa.cli._model import _input_channels, find_layer, load_model, load_weights
 
+_OPTION_NAMES = {
+    "channel_dim": "--channel-dim",
+    "token_grid": "--token-grid",
+    "drop_tokens": "--drop-tokens",
+    "call_index": "--call-index",
+}
+
+
+def _option_names(message: str) -> str:
+    """A library message with its layout argument names written as the command-line options."""
+    for arg, opt in _OPTION_NAMES.items():
+        message = message.replace(f"{arg}=", f"{opt} ").replace(arg, opt)
+    return message
+
 
 def run_demo(args: argparse.Namespace) -> Path:
     import torch
@@ -148,12 +162,22 @@ def run_report(args: argparse.Namespace) -> Path:
         if isinstance(out, torch.Tensor) and out.dim() == 2:
             preds.extend(out.argmax(1).tolist())
 
+    layout = {
+        "channel_dim": args.channel_dim,
+        "token_grid": args.token_grid,
+        "drop_tokens": args.drop_tokens,
+        "call_index": args.call_index,
+    }
     hook = model.register_forward_hook(record)
     try:
         with _Warnings() as caught:
-            lfa = LayerFactorAnalysis(model, layer).fit(loader, n_factors=args.n_factors, progress=progress)
+            lfa = LayerFactorAnalysis(model, layer, **layout).fit(loader, n_factors=args.n_factors, progress=progress)
     except TooFewSamplesError as e:
         raise CliError(f"{e}, or a larger --image-size (every pixel of the layer's output is a sample)") from None
+    except CaptumElfaError as e:
+        # a layout the layer's output does not have: the message names the constructor argument;
+        # say which command-line option sets it
+        raise CliError(_option_names(str(e))) from None
     finally:
         hook.remove()
     _log(f"  ELFA: {lfa.n_factors_} factors, KMO {float(lfa.adequacy_.kmo):.3f}")
@@ -187,14 +211,17 @@ def run_report(args: argparse.Namespace) -> Path:
     else:
         try:
             with _Warnings() as caught:
-                pc = NeuronPCACE(model, layer)
+                pc = NeuronPCACE(model, layer, **layout)
                 pc.attribute(loader, target=pc_target, progress=progress)
             notes.extend(caught.messages)
         except CaptumElfaError as e:
             pc = None
-            note(f"PCACE skipped: {e}")
+            note(f"PCACE skipped: {_option_names(str(e))}")
+    if args.call_index == "all":
+        note("Grad-CAM left out: --call-index all pools every call of the layer, Grad-CAM weights one of them.")
     if top_count is not None:  # say which analyses use the class, only those that ran
-        users = "PCACE and Grad-CAM use" if pc is not None else "Grad-CAM uses"
+        used = (["PCACE"] if pc is not None else []) + (["Grad-CAM"] if args.call_index != "all" else [])
+        users = " and ".join(used) + (" use" if len(used) > 1 else " uses")
         note(
             f"No --target given: {users} class {pc_target}, the top prediction of {top_count} of the "
             f"{len(preds)} images."
@@ -215,7 +242,7 @@ def run_report(args: argparse.Namespace) -> Path:
         images=images,
         pcace_images=pcace_images,
         model=model,
-        gradcam_layer=layer,
+        gradcam_layer=None if args.call_index == "all" else layer,
         target=pc_target,
         title=f"captum-elfa report: {args.model}, layer {args.layer}",
         meta={
