@@ -8,6 +8,7 @@ and maps must agree. Grad-CAM on channels-first layers is compared with Captum's
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any, Callable, List
 
@@ -281,3 +282,40 @@ def test_stop_early_with_every_call_index(call_index):
     assert n_full == 3 and n_stopped == 1 and outs[0] is not None and outs[1] is None and outs[2] is None
     assert len(stopped) == len(full) == (6 if call_index == "all" else 3)
     assert all(torch.equal(a, b) for a, b in zip(full, stopped))
+
+
+# -- PCACE on the same layouts: the hand-permuted activations through pcace_statistics ------------------------
+@pytest.mark.parametrize("case", ["vit", "conv1d", "conv3d"])
+def test_pcace_token_1d_3d_layers_are_the_hand_permuted_computation(case: str, vit) -> None:
+    from captum_elfa import NeuronPCACE
+    from captum_elfa.attr.neuron_pcace import pcace_statistics
+
+    torch.manual_seed(7)
+    if case == "vit":
+        model = copy.deepcopy(vit)
+        nn.init.normal_(model.heads.head.weight)  # torchvision starts the head at 0: a constant score
+        layer, layout = model.encoder.layers[1], {"channel_dim": -1, "drop_tokens": 1, "token_grid": "auto"}
+        x = torch.randn(40, 3, 32, 32)
+    elif case == "conv1d":
+        model, layout = _seeded(Conv1dNet), {}
+        layer, x = model.conv2, torch.randn(40, 3, 40)
+    else:
+        model, layout = _seeded(Conv3dNet), {}
+        layer, x = model.conv2, torch.randn(40, 2, 6, 7, 8)
+    raw = _raw_outputs(model, layer, x)[0]
+    if case == "vit":  # (N, 17, C): drop CLS, channels first, the 4x4 grid
+        hand = raw[:, 1:, :].permute(0, 2, 1)
+    else:
+        hand = raw
+    c = hand.shape[1]
+    acts = hand.reshape(40, c, -1).permute(1, 0, 2).contiguous()  # [C, N, positions]
+    with torch.no_grad():
+        y = model.eval()(x)[:, 1].double()
+    pc = NeuronPCACE(model, layer, **layout)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 40 images: below the reliable count
+        scores = pc.attribute(x, target=1, progress=False, n_permutations=0, batch_size=16)
+    ref = pcace_statistics(acts, y)[0]
+    assert scores.shape == (c,)
+    assert torch.allclose(scores, ref, atol=1e-6)
+    assert pc.components_.shape == (c, 1, 40)
