@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Callable
 
 from captum_elfa.cli._common import IMAGE_EXTENSIONS
 
@@ -27,24 +27,24 @@ def _n_factors(text: str) -> Any:
     return f
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive int") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive int")
-    return v
+def _int_at_least(minimum: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an int ``>= minimum``, else an error naming the value and ``what``."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return v
+
+    return parse
 
 
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a class index (a non-negative int)") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a class index (a non-negative int)")
-    return v
+_positive_int = _int_at_least(1, "a positive int")
+_nonneg_int = _int_at_least(0, "a class index (a non-negative int)")
+_nonneg_count = _int_at_least(0, "a non-negative int")
 
 
 def _channel_dim(text: str) -> int:
@@ -80,16 +80,6 @@ def _token_grid(text: str) -> Any:
     if len(parts) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts):
         return (int(parts[0]), int(parts[1]))
     raise argparse.ArgumentTypeError(f"{text!r} is not valid; use 'auto' or HxW with positive ints, e.g. 14x14")
-
-
-def _nonneg_count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative int") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative int")
-    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
