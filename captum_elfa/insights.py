@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import copy
 import functools
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from torch import Tensor, nn
 
@@ -74,6 +74,7 @@ except ImportError as exc:  # captum without insights, or flask / flask-compress
 
 from captum.attr import Attribution
 
+from captum_elfa._capture import LayerLayout
 from captum_elfa._validation import CaptumElfaError
 from captum_elfa.attr._lfa_maps import NORMALIZATIONS
 from captum_elfa.attr.analyze import analyze
@@ -101,6 +102,7 @@ SMOOTHGRAD_NAME = "SmoothGrad (ELFA)"
 
 _INTERPOLATE_CHOICES = ["bilinear", "nearest", "bicubic", "area"]
 _BOOL_CHOICES = ["True", "False"]
+_LAYOUT_KEYS = ["channel_dim", "token_grid", "drop_tokens", "call_index"]
 # the EFAM normalisations, with None spelt "none" (the UI sends strings)
 _NORMALIZE_CHOICES = ["none" if n is None else n for n in NORMALIZATIONS]
 
@@ -233,10 +235,12 @@ class InsightsEFAM(_InsightsAttribution):
 class InsightsGradCAM(_InsightsAttribution):
     r"""``captum_elfa.GradCAM`` (Captum ``LayerGradCam`` upsampled with
     ``LayerAttribution.interpolate``) for Insights; :func:`register` binds the layer (a module or
-    a module name resolved in each model with ``get_submodule``)."""
+    a module name resolved in each model with ``get_submodule``) and how to read its output
+    (``channel_dim``, ``token_grid``, ``drop_tokens``, ``call_index``)."""
 
     menu_name = GRADCAM_NAME
     layer: Union[None, str, nn.Module] = None
+    layout: Dict[str, Any] = {}
 
     def _layer(self) -> nn.Module:
         layer = type(self).layer
@@ -264,6 +268,7 @@ class InsightsGradCAM(_InsightsAttribution):
             self._layer(),
             relu_attributions=_to_bool(relu_attributions),
             interpolate_mode=str(interpolate_mode),
+            **type(self).layout,
         )
         expl = analyze(x, analyzer, target, additional_forward_args)
         return _as_insights_attribution(expl.val, x)
@@ -330,6 +335,33 @@ def registered_methods() -> List[str]:
     return list(_saved)
 
 
+def _gradcam_layout(
+    lfa: Any, gradcam_layer: Union[None, bool, str, nn.Module], given: Optional[Mapping[str, Any]]
+) -> Dict[str, Any]:
+    """Grad-CAM's layout keywords: ``given`` (checked), else ``lfa``'s when the layer is ``lfa.layer``."""
+    if given is not None:
+        if not isinstance(given, Mapping):
+            raise CaptumElfaError(
+                f"register: gradcam_layout must be a mapping of GradCAM's layout keywords {_LAYOUT_KEYS}, "
+                f"got {type(given).__name__}"
+            )
+        unknown = sorted(set(given) - set(_LAYOUT_KEYS))
+        if unknown:
+            raise CaptumElfaError(f"register: gradcam_layout has unknown keys {unknown}; valid keys: {_LAYOUT_KEYS}")
+        lay: Optional[LayerLayout] = LayerLayout(**given)  # checks the values
+    else:
+        lay = getattr(lfa, "layout", None) if lfa is not None and gradcam_layer is lfa.layer else None
+    if lay is None:
+        return {}
+    if lay.call_index == "all":
+        raise CaptumElfaError(
+            "register: Grad-CAM weights one call of its layer, but its layout has call_index='all' "
+            "(the factor model pools every call); pass gradcam_layout with an int call_index (e.g. "
+            "{**lfa.layout.kwargs(), 'call_index': -1}) or gradcam_layer=False"
+        )
+    return lay.kwargs()
+
+
 def register(
     lfa: Any = None,
     model: Optional[nn.Module] = None,
@@ -341,6 +373,7 @@ def register(
     relu_attributions: bool = True,
     smoothgrad_n: int = 25,
     smoothgrad_std: float = 0.1,
+    gradcam_layout: Optional[Mapping[str, Any]] = None,
 ) -> List[str]:
     r"""Add ELFA's EFAM, Grad-CAM and SmoothGrad to Captum Insights' method menu.
 
@@ -363,6 +396,12 @@ def register(
                     given, else the last ``Conv2d`` of ``model``, else no Grad-CAM. False: no
                     Grad-CAM. Adds :data:`GRADCAM_NAME` (UI arguments ``relu_attributions``,
                     ``interpolate_mode``).
+        gradcam_layout (mapping, optional, keyword-only): how Grad-CAM reads its layer's output,
+                    as the keyword arguments of :class:`~captum_elfa.GradCAM` (``channel_dim``,
+                    ``token_grid``, ``drop_tokens``, ``call_index``), e.g. ``{"channel_dim": -1,
+                    "drop_tokens": 1, "token_grid": "auto"}`` for a ViT block. Default: ``lfa``'s
+                    layout when Grad-CAM's layer is ``lfa.layer`` (a factor model of a token or
+                    channels-last layer gets Grad-CAM on the same maps), else channels-first.
         smoothgrad (bool): add :data:`SMOOTHGRAD_NAME` (UI arguments ``n``, ``std``).
                     Default: True.
         normalize, interpolate_mode, relu_attributions, smoothgrad_n, smoothgrad_std: the
@@ -388,6 +427,7 @@ def register(
             gradcam_layer = _last_conv(model)
     if gradcam_layer is True:
         raise CaptumElfaError("register: gradcam_layer must be a module, a module name, None or False")
+    layout = _gradcam_layout(lfa, gradcam_layer, gradcam_layout)
     if gradcam_layer is False:
         gradcam_layer = None
     if gradcam_layer is not None:
@@ -424,7 +464,7 @@ def register(
             ),
         )
     if gradcam_layer is not None:
-        cls = type("InsightsGradCAM", (InsightsGradCAM,), {"layer": gradcam_layer})
+        cls = type("InsightsGradCAM", (InsightsGradCAM,), {"layer": gradcam_layer, "layout": layout})
         entries[GRADCAM_NAME] = (
             cls,
             ConfigParameters(

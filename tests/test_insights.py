@@ -211,3 +211,82 @@ def test_grayscale_wrapper(ins, digits):
     torch.testing.assert_close(ins.GrayscaleToRGB(model)(x3), model(x[:5]))
     torch.testing.assert_close(ins.GrayscaleToRGB(model, reduce=1)(x3), model(x[:5]))
     assert not ins.GrayscaleToRGB(model).training
+
+
+def _vit_visualizer(ins, vit, x):
+    return ins.AttributionVisualizer(
+        models=[vit],
+        classes=[str(i) for i in range(4)],
+        features=[ins.ImageFeature("Image", baseline_transforms=None, input_transforms=None)],
+        dataset=[ins.Batch(x[:2], torch.tensor([0, 1]))],
+    )
+
+
+@pytest.mark.filterwarnings("ignore:layer 'encoder.layers.encoder_layer_1'")
+def test_token_layer_of_a_vit_through_insights(ins):
+    """A factor model of a ViT block (tokens on their grid): Insights' EFAM and Grad-CAM read the
+    block with the factor model's layout and equal the direct computation; a layout that pools every
+    call is refused for Grad-CAM with the option to pass."""
+    import torchvision
+
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=4
+    ).eval()
+    torch.nn.init.normal_(vit.heads.head.weight)  # torchvision starts the head at 0: a constant score
+    layer = vit.encoder.layers[1]  # not the last block: the patch tokens' gradient is not 0
+    x = torch.rand(60, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    lfa = LayerFactorAnalysis(vit, layer, channel_dim=-1, drop_tokens=1, token_grid="auto")
+    lfa.fit(x, n_factors=2, progress=False)
+    # without the factor model's layout Grad-CAM refuses the token output and names channel_dim
+    with pytest.raises(captum_elfa.CaptumElfaError, match="channel_dim"):
+        captum_elfa.analyze(x[:1], captum_elfa.GradCAM(vit, layer), 1)
+    assert ins.register(lfa, model=vit) == [ins.EFAM_NAME, ins.GRADCAM_NAME, ins.SMOOTHGRAD_NAME]
+    vis = _vit_visualizer(ins, vit, x)
+    (attr,) = _insights_attribution(vis, x, 1, ins.EFAM_NAME)
+    expected = LayerAttribution.interpolate(lfa.attribute(x[:1]), (32, 32), "bilinear")
+    assert lfa.attribute(x[:1]).shape == (1, 1, 4, 4)  # the 16 patch tokens on their 4 x 4 grid
+    for c in range(3):
+        torch.testing.assert_close(attr[:, c : c + 1], expected)
+    (attr,) = _insights_attribution(vis, x, 1, ins.GRADCAM_NAME, relu_attributions="False")
+    direct = captum_elfa.analyze(
+        x[:1], captum_elfa.GradCAM(vit, layer, relu_attributions=False, **lfa.layout.kwargs()), 1
+    )
+    assert direct.val.shape == (1, 1, 32, 32)
+    torch.testing.assert_close(attr, direct.val.expand(-1, 3, -1, -1))
+    assert attr.abs().sum() > 0
+    # an explicit layout for another layer; bad layouts are named
+    ins.register(lfa, gradcam_layer=vit.encoder.layers[0], gradcam_layout=lfa.layout.kwargs())
+    (attr,) = _insights_attribution(vis, x, 1, ins.GRADCAM_NAME)
+    direct = captum_elfa.analyze(x[:1], captum_elfa.GradCAM(vit, vit.encoder.layers[0], **lfa.layout.kwargs()), 1)
+    torch.testing.assert_close(attr, direct.val.expand(-1, 3, -1, -1))
+    with pytest.raises(captum_elfa.CaptumElfaError, match=r"unknown keys \['grid'\]"):
+        ins.register(lfa, gradcam_layout={"grid": (4, 4)})
+    with pytest.raises(captum_elfa.CaptumElfaError, match="token_grid=5"):
+        ins.register(lfa, gradcam_layout={"channel_dim": -1, "token_grid": 5})
+    pooled = LayerFactorAnalysis(vit, layer, channel_dim=-1, drop_tokens=1, token_grid="auto", call_index="all")
+    pooled.fit(x, n_factors=2, progress=False)
+    with pytest.raises(captum_elfa.CaptumElfaError, match="call_index='all'.*gradcam_layer=False"):
+        ins.register(pooled)
+    assert ins.register(pooled, gradcam_layer=False) == [ins.EFAM_NAME, ins.SMOOTHGRAD_NAME]
+
+
+@pytest.mark.filterwarnings("ignore:layer 'features.1.0.block.3'")
+def test_channels_last_convnext_layer_through_insights(ins):
+    """ConvNeXt-tiny's Linear on NHWC data: EFAM and Grad-CAM in Insights read it channels-last."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.convnext_tiny(weights=None, num_classes=4).eval()
+    layer = model.features[1][0].block[3]  # Linear(96, 384) on (N, H, W, 96)
+    x = torch.rand(12, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    lfa = LayerFactorAnalysis(model, layer, channel_dim=-1).fit(x, n_factors=3, progress=False, batch_size=6)
+    ins.register(lfa, model=model, smoothgrad=False)
+    vis = _vit_visualizer(ins, model, x)
+    (attr,) = _insights_attribution(vis, x, 2, ins.EFAM_NAME)
+    maps = lfa.attribute(x[:1])
+    assert maps.shape == (1, 1, 16, 16)
+    torch.testing.assert_close(attr[:, :1], LayerAttribution.interpolate(maps, (64, 64), "bilinear"))
+    (attr,) = _insights_attribution(vis, x, 2, ins.GRADCAM_NAME)
+    direct = captum_elfa.analyze(x[:1], captum_elfa.GradCAM(model, layer, channel_dim=-1), 2)
+    torch.testing.assert_close(attr, direct.val.expand(-1, 3, -1, -1))

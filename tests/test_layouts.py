@@ -61,13 +61,18 @@ def _seeded(build: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
 
 
 # -- ViT: tokens on their grid -------------------------------------------------------------------------
+def _vit_with_head() -> nn.Module:
+    m = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=5
+    )
+    nn.init.normal_(m.heads.head.weight)  # torchvision starts the head at 0: every gradient would be 0
+    return m
+
+
 @pytest.fixture(scope="module")
 def vit() -> nn.Module:
-    return _seeded(
-        lambda: torchvision.models.VisionTransformer(
-            image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=5
-        )
-    )
+    # three blocks: block 1 is not the last, whose patch tokens never reach the head
+    return _seeded(_vit_with_head)
 
 
 def test_vit_token_layer_is_the_hand_permuted_grid(vit):
@@ -110,11 +115,22 @@ def test_efam_and_gradcam_of_a_vit_block_are_upsampled_to_the_input(vit):
     (g,) = torch.autograd.grad(out[:, 2].sum(), saved[0])
     grid = lambda t: t[:, 1:, :].permute(0, 2, 1).reshape(4, 32, 4, 4)  # noqa: E731
     ref = (grid(g).mean((2, 3), keepdim=True) * grid(saved[0].detach())).sum(1, keepdim=True)
+    assert ref.abs().amax((1, 2, 3)).gt(1e-3).all()  # every image has a map that is not 0
     assert torch.allclose(cam.extras["layer_attribution"], ref, atol=1e-5)
     assert cam.val.shape == (4, 1, 32, 32)
     # a token layer without a grid cannot be upsampled onto an image
     with pytest.raises(CaptumElfaError, match="token_grid"):
         analyze(x[:2], GradCAM(vit, block, channel_dim=-1, drop_tokens=1))
+    # the last block's patch tokens never reach the head (only CLS does): a Grad-CAM of 0s is announced
+    last = GradCAM(
+        vit, vit.encoder.layers[2], relu_attributions=False, channel_dim=-1, drop_tokens=1, token_grid="auto"
+    )
+    with pytest.warns(UserWarning, match=r"encoder_layer_2' is 0 at every position .* for 2 of 2 input\(s\)"):
+        zero = analyze(x[:2], last, 2)
+    assert not zero.val.any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an earlier block: no warning
+        analyze(x[:2], GradCAM(vit, block, channel_dim=-1, drop_tokens=1, token_grid="auto"), 2)
 
 
 # -- ConvNeXt: a Linear on channels-last data --------------------------------------------------------------

@@ -208,8 +208,9 @@ lfa_r = LayerFactorAnalysis(resnet, resnet.layer2).fit(images, n_factors=4, prog
 
 # ViT: a block outputs tokens (N, 1 + h*w, C); drop the CLS token, put the patches on their grid
 vit = torchvision.models.VisionTransformer(
-    image_size=64, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
+    image_size=64, patch_size=16, num_layers=3, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=10
 ).eval()
+torch.nn.init.normal_(vit.heads.head.weight)  # an untrained torchvision ViT's head is 0: every gradient would be 0
 lfa_v = LayerFactorAnalysis(vit, vit.encoder.layers[1], channel_dim=-1, drop_tokens=1, token_grid="auto").fit(
     images, n_factors=4, progress=False
 )
@@ -223,7 +224,9 @@ lfa_c = LayerFactorAnalysis(convnext, convnext.features[1][0].block[5], channel_
 for lfa in (lfa_r, lfa_v, lfa_c):
     expl = analyze(images[:4], EFAM(lfa))  # maps upsampled onto the 64x64 images
     print(expl.extras["layer_attribution"].shape, "->", tuple(expl.val.shape))
-# Grad-CAM takes the same layout options, and call_index for a module run several times
+# Grad-CAM takes the same layout options, and call_index for a module run several times.
+# Not on a ViT's last block: its patch tokens never reach the head (only the CLS token does), so
+# the gradient there is 0 and GradCAM warns that the map says nothing
 cam_v = analyze(images[:4], GradCAM(vit, vit.encoder.layers[1], channel_dim=-1, drop_tokens=1, token_grid="auto"))
 cam_r = analyze(images[:4], GradCAM(resnet, resnet.layer1[0].relu, call_index=-1))  # the block's last ReLU
 print("Grad-CAM:", tuple(cam_v.val.shape), tuple(cam_r.val.shape))

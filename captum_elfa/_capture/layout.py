@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -269,6 +269,12 @@ class LayerLayout:
     token_grid: TokenGrid = None
     drop_tokens: int = 0
     call_index: CallIndex = None
+
+    def kwargs(self) -> Dict[str, Any]:
+        """The layout as the keyword arguments of :class:`LayerCapture`, ``LayerFactorAnalysis``,
+        ``NeuronPCACE`` and ``GradCAM`` (``channel_dim``, ``token_grid``, ``drop_tokens``,
+        ``call_index``)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def __post_init__(self) -> None:
         if self.channel_dim is not None:

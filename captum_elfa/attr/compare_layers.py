@@ -324,10 +324,7 @@ def compare_layers(
         lfa = LayerFactorAnalysis(
             model,
             mod,
-            channel_dim=lay.channel_dim,
-            token_grid=lay.token_grid,
-            drop_tokens=lay.drop_tokens,
-            call_index=lay.call_index,
+            **lay.kwargs(),
         )
         try:
             lfa.fit_moments(

@@ -187,12 +187,7 @@ def cam_and_efam_maps(
                 "cam_and_efam_maps: the factor model pools every call of the layer (call_index='all'); "
                 "Grad-CAM weights one activation: pass a layer called once, or fit with an int call_index"
             )
-        layout = {
-            "channel_dim": lay.channel_dim,
-            "token_grid": lay.token_grid,
-            "drop_tokens": lay.drop_tokens,
-            "call_index": lay.call_index,
-        }
+        layout = lay.kwargs()
     expl = analyze(images, GradCAM(model, layer, **layout), target)
     cam = _minmax_per_map(_np(expl.val.sum(1, keepdim=True)))
     if efam is None:
@@ -240,16 +235,7 @@ def top_channel_activations(
     x = images[:n_images]
     captured: List[Tensor] = []
     lay = getattr(pc, "layout", None)  # the PCACE object's layout: the same maps it scored
-    layout_kw = (
-        {}
-        if lay is None
-        else dict(
-            channel_dim=lay.channel_dim,
-            token_grid=lay.token_grid,
-            drop_tokens=lay.drop_tokens,
-            call_index=lay.call_index,
-        )
-    )
+    layout_kw = {} if lay is None else lay.kwargs()
     cap = LayerCapture(
         pc.forward_func,
         pc.layer,

@@ -142,10 +142,7 @@ class LayerFactorAnalysis(LayerAttribution):
             self.forward_func,
             self.layer,
             on_output,
-            channel_dim=lay.channel_dim,
-            token_grid=lay.token_grid,
-            drop_tokens=lay.drop_tokens,
-            call_index=lay.call_index,
+            **lay.kwargs(),
             what="LayerFactorAnalysis",
             # only the layer's output is needed: from the second batch on the forward pass ends
             # at the layer (the rest of the network is not run)

@@ -386,10 +386,7 @@ class NeuronPCACE(NeuronAttribution):
                 self.forward_func,
                 self.layer,
                 lambda a, i: store.add(a, i),
-                channel_dim=lay.channel_dim,
-                token_grid=lay.token_grid,
-                drop_tokens=lay.drop_tokens,
-                call_index=lay.call_index,
+                **lay.kwargs(),
                 what="NeuronPCACE",
             )
             store = _ActivationStore(total, cap.layer_name, n_components)

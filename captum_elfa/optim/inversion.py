@@ -184,16 +184,7 @@ def invert_factor(
     generator = torch.Generator().manual_seed(seed + 1)
 
     layout = getattr(lfa, "layout", None)
-    layout_kw = (
-        {}
-        if layout is None
-        else {
-            "channel_dim": layout.channel_dim,
-            "token_grid": layout.token_grid,
-            "drop_tokens": layout.drop_tokens,
-            "call_index": layout.call_index,
-        }
-    )
+    layout_kw = {} if layout is None else layout.kwargs()
     with LayerProbe(lfa.forward_func, lfa.layer, additional_forward_args, **layout_kw) as probe:
         with torch.no_grad():
             img0 = param()

@@ -10,6 +10,7 @@ their grid) and upsampled to the input with ``LayerAttribution.interpolate``.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -191,6 +192,18 @@ class GradCAM(Analyzer):
                 raw_grads = torch.zeros_like(out)
         grads = to_nchw(raw_grads, cd, lay.token_grid, lay.drop_tokens, name)
         values = to_nchw(raw_values, cd, lay.token_grid, lay.drop_tokens, name)
+        flat = grads.reshape(grads.shape[0], -1)
+        dead = [i for i in range(flat.shape[0]) if not bool(flat[i].any())]
+        if dead:
+            warnings.warn(
+                f"GradCAM: the gradient of the selected output with respect to layer '{name}' is 0 at every "
+                f"position it maps, for {len(dead)} of {flat.shape[0]} input(s) (rows {dead[:8]}"
+                f"{' ...' if len(dead) > 8 else ''}): the output does not depend on these maps, so their "
+                "Grad-CAM is 0 and says nothing (a ViT's last block, whose patch tokens never reach the "
+                "head, only its CLS token does; a head initialised at 0; a ReLU dead on the whole image). "
+                "Choose an earlier layer, e.g. the block before or the last block's ln_1",
+                stacklevel=4,
+            )
         weights = grads.mean(dim=(2, 3), keepdim=True)
         cam = (weights * values).sum(dim=1, keepdim=True)
         if self.relu_attributions:
