@@ -153,7 +153,8 @@ def test_demo_writes_the_report(demo_out: Path, capsys: pytest.CaptureFixture) -
 # ----------------------------------------------------------------------------------------------
 def test_report_resnet18(resnet_weights: Path, image_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "rep"
-    assert main(_report_args(resnet_weights, image_dir, out, "--n-factors", "8", "--target", "5")) == 0
+    extra = ("--n-factors", "8", "--target", "5", "--permutations", "7", "--bootstrap", "4")
+    assert main(_report_args(resnet_weights, image_dir, out, *extra)) == 0
     captured = capsys.readouterr()
     assert "report written to" in captured.out
     assert "12 images" in captured.err
@@ -163,6 +164,12 @@ def test_report_resnet18(resnet_weights: Path, image_dir: Path, tmp_path: Path, 
     assert doc["elfa"]["n_samples"] == 12 * 36
     assert doc["pcace"]["target"] == 5 and doc["pcace"]["n_images"] == 12
     assert len(doc["pcace"]["scores"]) == 256
+    # the null and the intervals the options asked for, and why the intervals undercover here
+    assert doc["pcace"]["n_permutations"] == 7 and doc["pcace"]["n_bootstrap"] == 4
+    assert len(doc["pcace"]["p_values"]) == 256 and min(doc["pcace"]["p_values"]) >= 1 / 8
+    iv = np.array(doc["pcace"]["intervals"])
+    assert iv.shape == (256, 2) and (iv[:, 0] <= iv[:, 1]).all()
+    assert any("intervals with 12 images: below 200 images" in n for n in doc["notes"])
     _check_pngs(out, FIGURES_DEMO)
     html = (out / "index.html").read_text(encoding="utf-8")
     assert html.count("data:image/png;base64,") == len(FIGURES_DEMO)
@@ -378,6 +385,12 @@ def test_module_help_runs(capsys: pytest.CaptureFixture) -> None:
     assert main(["report", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--image-size" in out and "torchvision:NAME" in out
+    # the report's PCACE defaults are the library's
+    from captum_elfa.attr.neuron_pcace import DEFAULT_PERMUTATIONS
+    from captum_elfa.cli._args import build_parser
+
+    defaults = build_parser().parse_args(["report", "--model", "m", "--layer", "l", "--images", "i"])
+    assert defaults.permutations == DEFAULT_PERMUTATIONS and defaults.bootstrap == 0
 
 
 # ----------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from captum_elfa._validation import CaptumElfaError
 from captum_elfa.attr.neuron_pcace import MIN_IMAGES, NeuronPCACE, pcace_statistics
 from captum_elfa.stats.ace import ace
 from captum_elfa.stats.pcace import (
+    MIN_INTERVAL_IMAGES,
     MIN_RELIABLE_IMAGES,
     PCACEWarning,
     bootstrap_intervals,
@@ -267,6 +268,13 @@ def test_warnings_fire_when_they_should_and_only_then() -> None:
     msgs = _pcace_warnings(lambda: pc.attribute(x, target=lambda out: noise, progress=False, batch_size=120))
     assert len(msgs) == 1 and "indistinguishable from chance at 120 images" in msgs[0]
     assert not bool(pc.significant_.any())
+    # intervals below MIN_INTERVAL_IMAGES: said to undercover; none asked for, nothing said
+    assert MIN_RELIABLE_IMAGES < 120 < MIN_INTERVAL_IMAGES == 200
+    msgs = _pcace_warnings(lambda: pc.attribute(x, target=1, progress=False, n_bootstrap=3, confidence=0.9))
+    assert len(msgs) == 1 and "intervals with 120 images: below 200 images" in msgs[0] and "90% intervals" in msgs[0]
+    assert pc.intervals_ is not None
+    big = torch.randn(200, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    assert _pcace_warnings(lambda: pc.attribute(big, target=1, progress=False, n_bootstrap=3)) == []
 
 
 def test_target_int_types_layer_names_and_ranking() -> None:

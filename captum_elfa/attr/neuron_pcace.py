@@ -32,6 +32,7 @@ from captum_elfa._validation import CaptumElfaError, NotFittedError, check_float
 from captum_elfa.stats.ace import ACEResult
 from captum_elfa.stats.pcace import (
     MIN_IMAGES,
+    MIN_INTERVAL_IMAGES,
     MIN_RELIABLE_IMAGES,
     PCACEDiagnostics,
     PCACEWarning,
@@ -58,6 +59,7 @@ __all__ = [
     "ChannelRanking",
     "ACETransforms",
     "MIN_IMAGES",
+    "MIN_INTERVAL_IMAGES",
     "MIN_RELIABLE_IMAGES",
     "PCACEDiagnostics",
     "PCACEWarning",
@@ -279,7 +281,9 @@ class NeuronPCACE(NeuronAttribution):
 
         Warns:
             PCACEWarning: with fewer than ``MIN_RELIABLE_IMAGES`` (100) images, where chance
-                        scores are 0.5-0.7; and when no channel beats the permutation threshold.
+                        scores are 0.5-0.7; with intervals (``n_bootstrap > 0``) and fewer than
+                        ``MIN_INTERVAL_IMAGES`` (200) images, where they undercover; and when no
+                        channel beats the permutation threshold.
 
         Returns:
             Tensor: ``[C]`` float64 PCACE scores in [0, 1], on the device of the activations.
@@ -363,7 +367,7 @@ class NeuronPCACE(NeuronAttribution):
         self.layer_name_ = layer_name
         self._ace = result
         self._rows = rows
-        for message in reliability_messages(n, null):
+        for message in reliability_messages(n, null, boot):
             warnings.warn(message, PCACEWarning, stacklevel=user_stacklevel())
         return scores
 

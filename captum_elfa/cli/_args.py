@@ -151,6 +151,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="kaiser",
         help="int, float in (0, 1), kaiser, scree or parallel (default: %(default)s)",
     )
+    r.add_argument(
+        "--permutations",
+        type=_nonneg_count,
+        default=20,
+        help="PCACE: seeded permutations of the target for the null band, p-values and the layer-wide "
+        "threshold; 0 turns the null off (default: %(default)s)",
+    )
+    r.add_argument(
+        "--bootstrap",
+        type=_nonneg_count,
+        default=0,
+        help="PCACE: seeded half-samples for bias-corrected scores and 95%% intervals (error bars on the "
+        "ranking); they undercover below 200 images, which the report notes (default: %(default)s, none)",
+    )
     lay = r.add_argument_group(
         "layer layout",
         "how to read the layer's output (as the channel_dim, token_grid, drop_tokens and "

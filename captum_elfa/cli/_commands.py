@@ -212,7 +212,13 @@ def run_report(args: argparse.Namespace) -> Path:
         try:
             with _Warnings() as caught:
                 pc = NeuronPCACE(model, layer, **layout)
-                pc.attribute(loader, target=pc_target, progress=progress)
+                pc.attribute(
+                    loader,
+                    target=pc_target,
+                    progress=progress,
+                    n_permutations=args.permutations,
+                    n_bootstrap=args.bootstrap,
+                )
             notes.extend(caught.messages)
         except CaptumElfaError as e:
             pc = None

@@ -48,6 +48,7 @@ from captum_elfa.stats.ace import ACEResult, ace, standardized_spectrum
 
 __all__ = [
     "MIN_IMAGES",
+    "MIN_INTERVAL_IMAGES",
     "MIN_RELIABLE_IMAGES",
     "GAP_Z",
     "PCACEWarning",
@@ -68,6 +69,10 @@ MIN_IMAGES = 10
 #: fewer images than this give a warning: the null is too high to tell a channel from chance
 #: (measured, see the module docstring)
 MIN_RELIABLE_IMAGES = 100
+#: fewer images than this give a warning when intervals are asked for: there the half-sample
+#: intervals cover the population score far less often than their level (measured 53-73% for 90%
+#: intervals at 100 images, 80-86% at 200-300; ``benchmarks/bench_pcace.py --coverage-scan``)
+MIN_INTERVAL_IMAGES = 200
 #: z of the eigen-gap threshold :func:`gap_threshold`
 GAP_Z = 1.96
 #: float64 working memory per chunk of channels when standardising and projecting
@@ -401,12 +406,13 @@ def bootstrap_intervals(
     return PCACEBootstrap(reps, intervals.contiguous(), bias_corrected, confidence, m)
 
 
-def reliability_messages(n_images: int, null: Optional[PCACENull]) -> List[str]:
+def reliability_messages(n_images: int, null: Optional[PCACENull], boot: Optional[PCACEBootstrap] = None) -> List[str]:
     """Why the scores of ``n_images`` images may not be trusted (empty if nothing to say).
 
     Args:
         n_images (int): number of images scored.
         null (PCACENull or None): the permutation null, if computed.
+        boot (PCACEBootstrap or None): the intervals, if computed.
 
     Returns:
         list[str]: messages for a :class:`PCACEWarning`.
@@ -417,6 +423,13 @@ def reliability_messages(n_images: int, null: Optional[PCACENull]) -> List[str]:
             f"PCACE with {n_images} images: below {MIN_RELIABLE_IMAGES} images a channel unrelated to the "
             "target scores about 0.5-0.7 by chance (ACE fits the noise); use more images and read every "
             "score next to its permutation null (p_values_, threshold_)"
+        )
+    if boot is not None and n_images < MIN_INTERVAL_IMAGES:
+        out.append(
+            f"PCACE intervals with {n_images} images: below {MIN_INTERVAL_IMAGES} images the half-sample "
+            f"{boot.confidence:.0%} intervals cover the population score much less often than {boot.confidence:.0%} "
+            "(90% intervals covered 53-73% of known population values at 100 images, 80-86% at 200-300; "
+            "benchmarks/bench_pcace.py --coverage-scan): read them as a lower bound on the uncertainty"
         )
     if null is not None and not bool(null.significant.any()):
         out.append(
