@@ -51,8 +51,9 @@ def recipe_scores(acts: np.ndarray, y: np.ndarray, channels: list[int]) -> np.nd
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             comp = PCA(n_components=1).fit_transform(StandardScaler().fit_transform(x))
-            # tied components: the package's result depends on the image order; ours equals it on
-            # the images sorted by (component, y)
+            # tied components: the package's result depends on the image order and its smoother
+            # does not average tied values, ours does (a conditional expectation given x): on
+            # channels with ties the two differ by design; sorted by (component, y) here
             order = np.lexsort((np.asarray(y, dtype=np.float64), comp[:, 0]))
             solver = ACESolver()
             solver.specify_data_set(np.transpose(comp[order]).tolist(), [float(v) for v in np.asarray(y)[order]])
@@ -180,7 +181,7 @@ def main() -> None:
     parser.add_argument("--oracle-channels", type=int, default=16, help="channels timed with the recipe")
     parser.add_argument("--target", type=int, default=0, help="class index (pre-softmax logit)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=1, help="best of this many timings of (b)")
+    parser.add_argument("--repeats", type=int, default=1, help="best of this many timings of (b); (a) takes the best of max(3, this)")
     parser.add_argument("--bootstrap", type=int, default=100, help="resamples timed in (c)")
     parser.add_argument("--quick", action="store_true", help="60 images, 4 oracle channels, 10 resamples")
     parser.add_argument("--null-scan", action="store_true", help="only the null-vs-N and eigen-gap measurements")
@@ -249,23 +250,36 @@ def main() -> None:
     def stats() -> torch.Tensor:
         return pcace_statistics(acts_cnp, y, 1)[0]
 
+    # both sides best of several runs: a 0.2 s computation on a shared machine is noisy
+    reps = max(3, args.repeats)
     t_stats, ours = timed(stats)
-    t_stats = min(t_stats, timed(stats)[0])
+    t_stats = min([t_stats] + [timed(stats)[0] for _ in range(reps - 1)])
     k = min(args.oracle_channels, c)
     channels = np.linspace(0, c - 1, k).round().astype(int).tolist()
     t_oracle, ref = timed(lambda: recipe_scores(acts4.numpy(), y.numpy(), channels))
+    t_oracle = min(
+        [t_oracle] + [timed(lambda: recipe_scores(acts4.numpy(), y.numpy(), channels))[0] for _ in range(reps - 1)]
+    )
     t_oracle_all = t_oracle / k * c
     diff = np.abs(ours.numpy()[channels] - ref)
     agree = np.abs(scores.numpy() - ours.numpy()).max()
+    tied = (pc.diagnostics_.tied_fraction[channels] > 0).numpy()
 
     print("\n(a) statistics over all channels (standardise + PCA + batched ACE)")
-    print(f"    captum_elfa          : {t_stats:8.3f} s for {c} channels")
+    print(f"    captum_elfa          : {t_stats:8.3f} s for {c} channels (best of {reps}, as the recipe)")
     print(
         f"    recipe (sklearn+ace) : {t_oracle:8.3f} s for {k} channels -> {t_oracle_all:8.1f} s for {c} "
         f"channels (extrapolated linearly)"
     )
     print(f"    speed-up             : {t_oracle_all / t_stats:8.0f} x   (target >= 300 x)")
-    print(f"    agreement on the {k} channels: max |delta| {diff.max():.2e}; attribute() vs stats: {agree:.1e}")
+    free = f"{diff[~tied].max():.2e}" if (~tied).any() else "n/a"
+    with_ties = (
+        f"; on the {int(tied.sum())} with tied maps (deliberately different: ties averaged) {diff[tied].max():.2e}"
+    )
+    print(
+        f"    agreement on the {int((~tied).sum())} tie-free of {k} channels: max |delta| {free} (target 1e-5)"
+        f"{with_ties if tied.any() else ''}; attribute() vs stats: {agree:.1e}"
+    )
 
     print("\n(b) whole attribute() call vs bare forward pass")
     runs = lambda ts: "" if len(ts) == 1 else "  (best of " + ", ".join(f"{t:.2f}" for t in ts) + ")"  # noqa: E731

@@ -532,6 +532,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_RANK_CASES = (
+    "n_factors",
+    "layer",
+    "batch_size",
+    "pcace_target_type",
+    "pcace_target_range",
+    "interrupt_fit",
+    "interrupt_pcace",
+    "none",
+)
+
+
 def _rank_main(rank: int, port: int, out: dict) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=60))
@@ -539,22 +551,34 @@ def _rank_main(rank: int, port: int, out: dict) -> None:
     try:
         net = BNNet().eval()
         x = torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(rank))
-        # rank 1 fails a cheap check (before any collective) in each case; the last case is fine
-        for case in ("n_factors", "layer", "batch_size", "none"):
+        # rank 1 fails a cheap check (before any collective) or is interrupted in each case; the
+        # last case is fine
+        for case in _RANK_CASES:
             kw = {"n_factors": 2, "batch_size": 16}
             layer = net.relu2
+            target: object = 1
+            net.fail_at, net.interrupt, net.calls = -1, False, 0
             if rank == 1 and case == "n_factors":
                 kw["n_factors"] = 0
             if rank == 1 and case == "layer":
                 layer = nn.ReLU()
             if rank == 1 and case == "batch_size":
                 kw["batch_size"] = 0
+            if rank == 1 and case == "pcace_target_type":
+                target = 2.0
+            if rank == 1 and case == "pcace_target_range":
+                target = 99  # 5 outputs: found at the first batch, inside the capture
+            if rank == 1 and case.startswith("interrupt"):
+                net.fail_at, net.interrupt = 1, True  # KeyboardInterrupt in the second batch
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    LayerFactorAnalysis(net, layer).fit(x, progress=False, **kw)
+                    if case.startswith("pcace") or case == "interrupt_pcace":
+                        NeuronPCACE(net, net.relu2).attribute(x, target=target, progress=False, batch_size=16)
+                    else:
+                        LayerFactorAnalysis(net, layer).fit(x, progress=False, **kw)
                 out[(rank, case)] = ("ok", "")
-            except Exception as e:
+            except BaseException as e:  # KeyboardInterrupt included
                 out[(rank, case)] = (type(e).__name__, str(e))
     finally:
         dist.destroy_process_group()
@@ -578,8 +602,17 @@ def test_rank_failing_its_checks_does_not_block_the_others():
                 p.kill()
         res = dict(out)
     assert not any(hung), res
-    for case, match in (("n_factors", "n_factors=0"), ("layer", "not a submodule"), ("batch_size", "batch_size")):
-        assert res[(1, case)][0] == "CaptumElfaError" and match in res[(1, case)][1], res[(1, case)]
+    for case, match in (
+        ("n_factors", "n_factors=0"),
+        ("layer", "not a submodule"),
+        ("batch_size", "batch_size"),
+        ("pcace_target_type", "target="),
+        ("pcace_target_range", "99"),
+        ("interrupt_fit", ""),
+        ("interrupt_pcace", ""),
+    ):
+        kind = "KeyboardInterrupt" if case.startswith("interrupt") else "CaptumElfaError"
+        assert res[(1, case)][0] == kind and match in res[(1, case)][1], res[(1, case)]
         assert res[(0, case)][0] == "DistributedError", res[(0, case)]
     assert res[(0, "none")] == res[(1, "none")] == ("ok", "")  # the group is usable afterwards
 

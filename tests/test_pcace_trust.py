@@ -142,6 +142,27 @@ def test_p_values_are_uniform_under_a_shuffled_target() -> None:
     assert family <= 11  # family-wise error about 5% (binomial(70, 0.05): P(> 11) < 1e-3)
 
 
+def test_null_in_side_by_side_chunks_equals_one_thread() -> None:
+    """60 channels x 20 permutations at N = 300: the null runs in chunks of _BIG_CHUNK_ROWS side by
+    side on the threads; the scores are those of one thread (grain-size chunks, one after another)."""
+    from captum_elfa.stats import pcace as pcace_module
+
+    gen = torch.Generator().manual_seed(4)
+    fit = pcace_fit(_noise_acts(gen, 60, 300, 4), torch.randn(300, generator=gen, dtype=torch.float64))
+    assert 60 * 20 > pcace_module._BIG_CHUNK_ROWS  # more than one chunk
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        pooled = permutation_null(fit, 20, random_state=1)
+        assert torch.get_num_threads() == 2  # restored
+        torch.set_num_threads(1)
+        serial = permutation_null(fit, 20, random_state=1)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(pooled.null_scores, serial.null_scores, rtol=0, atol=1e-12)
+    assert torch.equal(pooled.p_values, serial.p_values)
+
+
 def test_a_channel_driving_the_target_gets_a_small_p_value() -> None:
     gen = torch.Generator().manual_seed(3)
     n = 60
