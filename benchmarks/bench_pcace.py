@@ -181,7 +181,9 @@ def main() -> None:
     parser.add_argument("--oracle-channels", type=int, default=16, help="channels timed with the recipe")
     parser.add_argument("--target", type=int, default=0, help="class index (pre-softmax logit)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--repeats", type=int, default=1, help="best of this many timings of (b); (a) takes the best of max(3, this)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="best of this many timings of (b); (a) takes the best of max(3, this)"
+    )
     parser.add_argument("--bootstrap", type=int, default=100, help="resamples timed in (c)")
     parser.add_argument("--quick", action="store_true", help="60 images, 4 oracle channels, 10 resamples")
     parser.add_argument("--null-scan", action="store_true", help="only the null-vs-N and eigen-gap measurements")
