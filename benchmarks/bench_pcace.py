@@ -99,12 +99,13 @@ def null_scan() -> None:
 
 
 def _half_sample_intervals(
-    x: torch.Tensor, y: torch.Tensor, n_bootstrap: int, level: float, gen: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x: torch.Tensor, y: torch.Tensor, n_bootstrap: int, levels: tuple[float, ...], gen: torch.Generator
+) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
     """What :func:`bootstrap_intervals` computes for one-pixel channels, with an independent
-    target per row (``x``, ``y`` ``[R, N]``): scores, intervals ``[R, 2]`` and bias-corrected
-    scores. ``tests/test_pcace_trust.py`` checks that the function computes these formulas."""
-    from captum_elfa.stats.pcace import _batched_ace
+    target per row (``x``, ``y`` ``[R, N]``): scores, intervals ``[R, 2]`` per level (its own
+    :func:`half_sample_interval`), bias-corrected scores, and the basic intervals
+    ``[2 s - q_hi, 2 s - q_lo]`` of the same half-samples for comparison."""
+    from captum_elfa.stats.pcace import _batched_ace, half_sample_interval
 
     def scores(xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
         z = (xs - xs.mean(-1, keepdim=True)) / xs.std(-1, keepdim=True)
@@ -118,14 +119,20 @@ def _half_sample_intervals(
             for idx in (torch.randperm(n, generator=gen)[: n // 2] for _ in range(n_bootstrap))
         ]
     )
-    q_lo, q_hi = torch.quantile(reps, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64), dim=0)
-    intervals = torch.stack([2 * full - q_hi, 2 * full - q_lo], 1).clamp(0, 1)
-    return full, intervals, (2 * full - reps.mean(0)).clamp(0, 1)
+    intervals, basic = [], []
+    for level in levels:
+        iv, corrected = half_sample_interval(full, reps, level)
+        intervals.append(iv)
+        q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+        q_lo, q_hi = torch.quantile(reps, q, dim=0)
+        basic.append(torch.stack([2 * full - q_hi, 2 * full - q_lo], 1).clamp(0, 1))
+    return full, intervals, corrected, basic
 
 
-def coverage_scan(n_bootstrap: int = 40, rows: int = 200) -> None:
+def coverage_scan(n_bootstrap: int = 100, rows: int = 200) -> None:
     """Coverage of the intervals of :func:`bootstrap_intervals` of a known population maximal
-    correlation, with the ordinary percentile bootstrap for comparison.
+    correlation, with the basic half-sample interval and the ordinary percentile bootstrap for
+    comparison, and a summary over the settings.
 
     ``x = f(z1)``, ``y = g(z2)`` with ``(z1, z2)`` bivariate normal of correlation rho: the maximal
     correlation of ``(x, y)`` is ``|rho|`` for any strictly monotone ``f`` and ``g`` (Gebelein
@@ -139,8 +146,10 @@ def coverage_scan(n_bootstrap: int = 40, rows: int = 200) -> None:
     }
     print(
         f"coverage of bootstrap_intervals ({rows} independent data sets per line, {n_bootstrap} half-samples; "
-        "bias = mean score - rho, then of the bias-corrected score; 'pct' = ordinary percentile bootstrap)"
+        "in brackets the basic interval [2 s - q_hi, 2 s - q_lo] of the same half-samples; bias = mean score "
+        "- rho, then of the bias-corrected score; 'pct' = ordinary percentile bootstrap)"
     )
+    summary: dict[tuple[str, float], list[tuple[float, float]]] = {}
     for n in (100, 200, 300, 600):
         for rho in (0.9, 0.6, 0.3, 0.0):
             for name, (f, g) in transforms.items():
@@ -148,10 +157,14 @@ def coverage_scan(n_bootstrap: int = 40, rows: int = 200) -> None:
                 z2 = torch.randn(rows, n, generator=gen, dtype=torch.float64)
                 z1 = rho * z2 + (1 - rho**2) ** 0.5 * torch.randn(rows, n, generator=gen, dtype=torch.float64)
                 x, y = f(z1), g(z2)
-                cover = []
-                for level in (0.9, 0.95):
-                    full, iv, bc = _half_sample_intervals(x, y, n_bootstrap, level, gen)
-                    cover.append(((iv[:, 0] <= rho) & (rho <= iv[:, 1])).double().mean().item())
+                levels = (0.9, 0.95)
+                full, ivs, bc, basics = _half_sample_intervals(x, y, n_bootstrap, levels, gen)
+                cov = lambda iv, r=rho: ((iv[:, 0] <= r) & (r <= iv[:, 1])).double().mean().item()  # noqa: E731
+                cover = [cov(iv) for iv in ivs]
+                cover_basic = [cov(iv) for iv in basics]
+                group = "N < 200" if n < 200 else ("rho = 0" if rho == 0 else "N >= 200, rho > 0")
+                for level, c1, c2 in zip(levels, cover, cover_basic):
+                    summary.setdefault((group, level), []).append((c1, c2))
                 pct = ""
                 if name == "linear" and n <= 300:
                     z = (x - x.mean(-1, keepdim=True)) / x.std(-1, keepdim=True)
@@ -162,10 +175,18 @@ def coverage_scan(n_bootstrap: int = 40, rows: int = 200) -> None:
                     q = torch.quantile(torch.stack(reps), torch.tensor([0.05, 0.95], dtype=torch.float64), dim=0)
                     pct = f" | pct 90%: {((q[0] <= rho) & (rho <= q[1])).double().mean().item():.2f}"
                 print(
-                    f"  N={n:4d} rho={rho:.1f} {name:9s}: 90% {cover[0]:.2f}  95% {cover[1]:.2f}  "
+                    f"  N={n:4d} rho={rho:.1f} {name:9s}: 90% {cover[0]:.2f} ({cover_basic[0]:.2f})  "
+                    f"95% {cover[1]:.2f} ({cover_basic[1]:.2f})  "
                     f"bias {(full - rho).mean().item():+.3f} -> {(bc - rho).mean().item():+.3f}{pct}",
                     flush=True,
                 )
+    print("summary: coverage range (mean) of bootstrap_intervals [basic interval]")
+    for (group, level), v in summary.items():
+        a, b = [c for c, _ in v], [c for _, c in v]
+        print(
+            f"  {group:17s} {level:.0%}: {min(a):.2f}-{max(a):.2f} ({sum(a) / len(a):.2f})  "
+            f"[{min(b):.2f}-{max(b):.2f} ({sum(b) / len(b):.2f})]"
+        )
 
 
 def timed(fn):

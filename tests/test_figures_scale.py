@@ -203,7 +203,10 @@ def test_pcace_ranking_draws_uncertainty_when_present(fitted: Dict[str, Any]) ->
     pc.threshold_ = float(null.max(1).values.quantile(0.95))
     pc.significant_ = s > pc.threshold_
     pc.p_values_ = (1 + (null >= s).sum(0)) / 21.0
-    pc.intervals_ = torch.stack([(s - 0.1).clamp(0, 1), (s + 0.1).clamp(0, 1)], 1)
+    # asymmetric around the score, and for some channels above it (an interval is centred on the
+    # bias-corrected score, not on the bar)
+    shift = torch.where(torch.arange(s.numel()) % 3 == 0, 0.15, -0.05).double()
+    pc.intervals_ = torch.stack([(s + shift).clamp(0, 1), (s + shift + 0.2).clamp(0, 1)], 1)
     pc.confidence_ = 0.95
     fig = plot_pcace_ranking(pc, top=20)
     _check_layout(fig, "pcace_ranking with uncertainty")
@@ -215,6 +218,10 @@ def test_pcace_ranking_draws_uncertainty_when_present(fitted: Dict[str, Any]) ->
     q = [ln for ln in ax.get_lines() if ln.get_label() == "null 95% quantile"][0]
     top = pc.rank_channels().channels[:20]
     np.testing.assert_allclose(q.get_ydata(), pc.null_quantiles_[0.95][top].numpy())
+    # the error bars run exactly from each interval's lower to its upper end
+    (bars,) = [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
+    ends = np.array([[seg[0][1], seg[1][1]] for seg in bars.lines[2][0].get_segments()])
+    np.testing.assert_allclose(np.sort(ends, 1), pc.intervals_[top].numpy(), atol=1e-12)
     n_sig = int(pc.significant_.sum())
     assert f"{n_sig} significant" in ax.get_title()
     # significant bars dark, the others light

@@ -190,11 +190,14 @@ def test_bootstrap_is_seeded_batched_and_validated() -> None:
     assert a.replicates.shape == (6, 5) and a.intervals.shape == (5, 2) and a.subsample_size == 15
     torch.testing.assert_close(a.intervals, b.intervals, atol=0, rtol=0)
     assert torch.all(a.intervals[:, 0] <= a.intervals[:, 1])
-    # the basic interval of the half-sample scores around the full score, clipped to [0, 1]
+    # the bias-corrected score -+ z * the root mean square deviation of the half-sample scores
+    # from the full score, clipped to [0, 1]
     s = pcace_fit(acts, y).scores
-    lo, hi = torch.quantile(a.replicates, torch.tensor([0.1, 0.9], dtype=torch.float64), dim=0)
-    torch.testing.assert_close(a.intervals, torch.stack([2 * s - hi, 2 * s - lo], 1).clamp(0, 1))
-    torch.testing.assert_close(a.bias_corrected, (2 * s - a.replicates.mean(0)).clamp(0, 1))
+    corrected = 2 * s - a.replicates.mean(0)
+    rms = (a.replicates - s).pow(2).mean(0).sqrt()
+    z = stats.norm.ppf(0.9)  # confidence 0.8: the 90% quantile
+    torch.testing.assert_close(a.intervals, torch.stack([corrected - z * rms, corrected + z * rms], 1).clamp(0, 1))
+    torch.testing.assert_close(a.bias_corrected, corrected.clamp(0, 1))
     given = bootstrap_intervals(acts, y, n_bootstrap=6, random_state=1, confidence=0.8, scores=s)
     torch.testing.assert_close(given.intervals, a.intervals, atol=0, rtol=0)
     # each replicate is the score of a half-sample without replacement (no duplicated image)
@@ -212,9 +215,10 @@ def test_bootstrap_is_seeded_batched_and_validated() -> None:
 @pytest.mark.slow
 def test_bootstrap_intervals_cover_a_known_population_value() -> None:
     # bivariate normal (x_c, y) with correlation rho: the maximal correlation is |rho|. Measured
-    # (benchmarks/bench_pcace.py --coverage-scan, 200 independent data sets per setting): 90%
-    # intervals cover 0.80-0.83 at N = 300 for rho = 0.3-0.9; the ordinary percentile bootstrap
-    # covered 0-35% there. Here: 20 channels x 4 targets, so the bounds are loose.
+    # (benchmarks/bench_pcace.py --coverage-scan, 200 independent data sets per setting, B = 100):
+    # 90% intervals cover 0.90-0.94 at N = 300 for rho = 0.3-0.9 (84-95% at N = 200-600); the
+    # basic interval 0.80-0.86, the ordinary percentile bootstrap 0-40%. Here: 20 channels x 4
+    # targets, B = 40, other seeds, so the bounds are loose.
     gen = torch.Generator().manual_seed(7)
     n, hits, pct = 300, [], []  # pct: the errors of the bias-corrected and the plain scores
     for d, rho in enumerate((0.9, 0.6, 0.9, 0.6)):
@@ -226,7 +230,7 @@ def test_bootstrap_intervals_cover_a_known_population_value() -> None:
     coverage = torch.cat(hits).mean().item()
     bias_corrected, bias = torch.cat(pct, 1).mean(1).tolist()
     assert bias > 0.01 and abs(bias_corrected) < bias / 2, (bias, bias_corrected)  # the bias, mostly removed
-    assert 0.7 <= coverage <= 0.98, coverage
+    assert 0.8 <= coverage <= 0.99, coverage
 
 
 # ---------------------------------------------------------------------------------------------

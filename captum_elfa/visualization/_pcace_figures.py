@@ -95,10 +95,13 @@ def plot_pcace_ranking(
         ]
     if intervals is not None:
         iv = _np(intervals)[ch]
-        yerr = np.vstack([np.clip(sc - iv[:, 0], 0, None), np.clip(iv[:, 1] - sc, 0, None)])
+        # drawn from its own ends: the interval is centred on the bias-corrected score, which
+        # need not be the bar's height (nor need the interval contain it at low levels)
+        mid = (iv[:, 0] + iv[:, 1]) / 2
+        yerr = np.vstack([mid - iv[:, 0], iv[:, 1] - mid])
         level = getattr(pc, "confidence_", None)
         lab = f"{float(level):.0%} bootstrap interval" if level is not None else "bootstrap interval"
-        handles.append(ax.errorbar(xs, sc, yerr=yerr, fmt="none", ecolor="k", elinewidth=0.8, capsize=2, label=lab))
+        handles.append(ax.errorbar(xs, mid, yerr=yerr, fmt="none", ecolor="k", elinewidth=0.8, capsize=2, label=lab))
     if isinstance(quantiles, dict) and quantiles:
         q = max(quantiles)
         qv = _np(quantiles[q])[ch]
