@@ -18,10 +18,10 @@ from captum_elfa._capture import CallIndex, Inputs, LayerCapture, TokenGrid, ite
 from captum_elfa._progress import n_batches as count_batches
 from captum_elfa._progress import progress_bar
 from captum_elfa._validation import CaptumElfaError, check_bool, check_choice, check_int, is_int
-from captum_elfa.attr.layer_factor_analysis import N_FACTORS_METHODS, LayerFactorAnalysis
+from captum_elfa.attr.layer_factor_analysis import LayerFactorAnalysis
 from captum_elfa.attr.neuron_pcace import MIN_IMAGES, pcace_statistics, select_target
 from captum_elfa.stats.moments import RunningMoments
-from captum_elfa.stats.nfactors import NFactorsSpec
+from captum_elfa.stats.nfactors import NFactorsSpec, check_n_factors_spec
 from captum_elfa.stats.rotations import ROTATIONS
 
 __all__ = ["compare_layers", "LayerComparison"]
@@ -131,17 +131,6 @@ def _resolve_layers(model: Callable, layers: LayersArg) -> List[Tuple[str, nn.Mo
     return items
 
 
-def _check_n_factors(n_factors: Any) -> None:
-    valid = f"use an int >= 1, one of {list(N_FACTORS_METHODS)} or a float in (0, 1)"
-    if is_int(n_factors):
-        if int(n_factors) < 1:
-            raise CaptumElfaError(f"n_factors={n_factors} is not valid; {valid}")
-    elif isinstance(n_factors, str):
-        check_choice("n_factors", n_factors, N_FACTORS_METHODS)
-    elif not (isinstance(n_factors, float) and 0.0 < n_factors < 1.0):
-        raise CaptumElfaError(f"n_factors={n_factors!r} is not valid; {valid}")
-
-
 def _check_target(target: Any) -> None:
     if target is None or (callable(target) and not isinstance(target, int)) or is_int(target):
         return
@@ -246,7 +235,7 @@ def compare_layers(
     """
     items = _resolve_layers(model, layers)
     check_choice("rotation", rotation, ROTATIONS)
-    _check_n_factors(n_factors)
+    check_n_factors_spec(n_factors)
     check_bool("pcace", pcace)
     if pcace:
         _check_target(target)
