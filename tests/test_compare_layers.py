@@ -56,14 +56,21 @@ def test_equals_separate_runs(model, x150, comparison):
         assert abs(got.metrics_.r2 - ref.metrics_.r2) < 1e-8
         assert got.activation_shape_ == ref.activation_shape_
         torch.testing.assert_close(got.attribute(x150[:5]), ref.attribute(x150[:5]), rtol=0, atol=1e-6)
-        pc = NeuronPCACE(model, layer).attribute(x150, target=3, progress=False, batch_size=40)
+        ref_pc = NeuronPCACE(model, layer)
+        pc = ref_pc.attribute(x150, target=3, progress=False, batch_size=40)
         torch.testing.assert_close(comparison.pcace[name], pc, rtol=0, atol=1e-8)
+        # the same permutation null (same seed): p-values, threshold, significant channels
+        null = comparison.pcace_null[name]
+        torch.testing.assert_close(null.p_values, ref_pc.p_values_, rtol=0, atol=1e-12)
+        assert null.threshold == pytest.approx(ref_pc.threshold_, abs=1e-10)
         row = comparison.row(name)
         assert row["channels"] == ref.n_channels_ and row["n_factors"] == ref.n_factors_
         assert row["dead"] == ref.dead_channels_.numel()
         assert row["kmo"] == pytest.approx(ref.adequacy_.kmo, abs=1e-8)
         assert row["pcace_max"] == pytest.approx(float(pc.max()), abs=1e-8)
         assert row["pcace_top_channels"][0] == int(NeuronPCACE(model, layer).rank_channels(pc).channels[0])
+        assert row["pcace_n_images"] == 150 and row["pcace_threshold"] == pytest.approx(ref_pc.threshold_, abs=1e-10)
+        assert row["pcace_significant"] == int(ref_pc.significant_.sum())
 
 
 def test_model_runs_once_per_batch_and_state_restored(x150):
@@ -99,6 +106,20 @@ def test_to_dict_and_figure(comparison):
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     assert buf.getbuffer().nbytes > 5000
+
+
+def test_null_off_and_its_warnings(model, x150):
+    from captum_elfa.stats.pcace import PCACEWarning
+
+    with pytest.warns(PCACEWarning) as caught:
+        out = compare_layers(model, {"a": model.relu1}, x150[:40], target=3, progress=False, n_permutations=5)
+    assert any("layer 'a': PCACE with 40 images" in str(w.message) for w in caught)
+    assert out.pcace_null["a"].null_scores.shape == (5, 12) and out.rows[0]["pcace_threshold"] is not None
+    assert len(out.to_dict()["pcace_p_values"]["a"]) == 12
+    off = compare_layers(model, {"a": model.relu1}, x150, target=3, progress=False, n_permutations=0)
+    assert off.pcace_null == {} and off.rows[0]["pcace_threshold"] is None and off.rows[0]["pcace_n_images"] == 150
+    with pytest.raises(CaptumElfaError, match="n_permutations"):
+        compare_layers(model, {"a": model.relu1}, x150, target=3, progress=False, n_permutations=-1)
 
 
 def test_without_pcace_and_skipped_pcace(model, x150):

@@ -151,7 +151,9 @@ plt.show()
 # each, plus PCACE scores for a class (with random weights there is no meaningful class; we take the
 # class the network predicts most often on these images). `layer4` has 512 channels of 4x4 maps:
 # 48 images give 768 samples, just enough for a factor model of 512 channels (a factor model needs
-# more samples than channels; with your own data, use more images).
+# more samples than channels; with your own data, use more images). Each layer's PCACE scores come
+# with their permutation null, as in `NeuronPCACE`: the family-wise threshold and the number of
+# channels above it (with 48 images chance scores are high, and a warning says so).
 
 # %%
 from captum_elfa import compare_layers
@@ -178,6 +180,8 @@ keys = [
     "total_variance_explained",
     "pcace_max",
     "pcace_top_channels",
+    "pcace_threshold",
+    "pcace_significant",
 ]
 for row in cmp.rows:
     print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k in keys})

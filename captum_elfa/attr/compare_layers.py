@@ -19,9 +19,10 @@ from captum_elfa._progress import n_batches as count_batches
 from captum_elfa._progress import progress_bar
 from captum_elfa._validation import CaptumElfaError, check_bool, check_choice, check_int, is_int
 from captum_elfa.attr.layer_factor_analysis import LayerFactorAnalysis
-from captum_elfa.attr.neuron_pcace import MIN_IMAGES, pcace_statistics, select_target
+from captum_elfa.attr.neuron_pcace import DEFAULT_PERMUTATIONS, MIN_IMAGES, select_target
 from captum_elfa.stats.moments import RunningMoments
 from captum_elfa.stats.nfactors import NFactorsSpec, check_n_factors_spec
+from captum_elfa.stats.pcace import PCACENull, PCACEWarning, pcace_fit, permutation_null, reliability_messages
 from captum_elfa.stats.rotations import ROTATIONS
 
 __all__ = ["compare_layers", "LayerComparison"]
@@ -43,12 +44,17 @@ class LayerComparison:
                     ``(C, H, W)``, ``n_samples``, ``channels``, ``dead`` (dead channels),
                     ``n_factors``, ``kmo``, ``bartlett_p``, ``r2``, ``d1``, ``res``,
                     ``total_variance_explained``, ``gamma2_p20`` and, when PCACE ran,
-                    ``pcace_max``, ``pcace_mean`` and ``pcace_top_channels`` (the
-                    ``TOP_CHANNELS`` best channels, highest first); these are None otherwise.
+                    ``pcace_max``, ``pcace_mean``, ``pcace_top_channels`` (the ``TOP_CHANNELS``
+                    best channels, highest first), ``pcace_n_images`` and, with the permutation
+                    null, ``pcace_threshold`` (family-wise 5%) and ``pcace_significant`` (the
+                    number of channels above it); these are None otherwise.
         elfa (dict): layer name -> fitted :class:`~captum_elfa.LayerFactorAnalysis` (use
                     ``elfa[name].attribute(x)`` for the layer's EFAM).
         pcace (dict): layer name -> ``[C]`` float64 PCACE scores; empty when PCACE did not run.
         target_scores (Tensor or None): ``[N]`` the explained output of every image (PCACE).
+        pcace_null (dict): layer name -> :class:`~captum_elfa.stats.pcace.PCACENull` (null
+                    scores, per-channel p-values, quantiles, the family-wise threshold); empty
+                    without PCACE or with ``n_permutations=0``.
     """
 
     names: List[str]
@@ -56,6 +62,7 @@ class LayerComparison:
     elfa: Dict[str, LayerFactorAnalysis]
     pcace: Dict[str, Tensor] = field(default_factory=dict)
     target_scores: Optional[Tensor] = None
+    pcace_null: Dict[str, PCACENull] = field(default_factory=dict)
 
     def row(self, name: str) -> Dict[str, Any]:
         """The summary row of layer ``name``."""
@@ -75,6 +82,7 @@ class LayerComparison:
             "layers": list(self.names),
             "rows": [dict(r) for r in self.rows],
             "pcace": {k: v.detach().cpu().tolist() for k, v in self.pcace.items()},
+            "pcace_p_values": {k: v.p_values.detach().cpu().tolist() for k, v in self.pcace_null.items()},
         }
         if reports:
             out["elfa"] = {k: v.report() for k, v in self.elfa.items()}
@@ -147,7 +155,7 @@ def target_scores(output: Any, target: Target, n: int, index: int = 0) -> Tensor
 
 
 class _Activations:
-    """A layer's activations for PCACE: float32 ``[C, N, H*W]`` (the input of ``pcace_statistics``)."""
+    """A layer's activations for PCACE: float32 ``[C, N, H*W]`` (the input of ``pcace_fit``)."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -181,6 +189,7 @@ def compare_layers(
     token_grid: Union[TokenGrid, Mapping[str, TokenGrid]] = None,
     drop_tokens: Union[int, Mapping[str, int]] = 0,
     call_index: Union[CallIndex, Mapping[str, CallIndex]] = None,
+    n_permutations: int = DEFAULT_PERMUTATIONS,
 ) -> LayerComparison:
     r"""ELFA and PCACE summaries of several layers of one network, from one pass over the data.
 
@@ -189,7 +198,8 @@ def compare_layers(
     afterwards, also when a batch raises); each layer's activations stream into a
     :class:`~captum_elfa.stats.moments.RunningMoments` (float64, memory O(C^2)) that
     :meth:`LayerFactorAnalysis.fit_moments` fits, and, for PCACE, are kept (float32,
-    ``C*N*H*W`` per layer) for :func:`~captum_elfa.attr.neuron_pcace.pcace_statistics`. Each
+    ``C*N*H*W`` per layer) for :func:`~captum_elfa.stats.pcace.pcace_fit` and
+    :func:`~captum_elfa.stats.pcace.permutation_null`. Each
     layer's results equal those of a separate ``LayerFactorAnalysis(model, layer).fit(inputs,
     ...)`` and ``NeuronPCACE(model, layer).attribute(inputs, target, ...)`` (this process's inputs
     only: ``torch.distributed`` is not used).
@@ -214,10 +224,15 @@ def compare_layers(
         additional_forward_args (Any, optional): extra model arguments, as in Captum (per-sample
                     Tensors are cut with the batches, see
                     :func:`~captum_elfa._capture.iter_batches_with_args`).
-        random_state (int, optional): seed of parallel analysis. Default: 0.
+        random_state (int, optional): seed of parallel analysis and of PCACE's permutations.
+                    Default: 0.
         channel_dim, token_grid, drop_tokens, call_index: the layout of the layers' outputs, as in
                     :class:`LayerFactorAnalysis`: one value for every layer or a dict by layer
                     name (keyword-only).
+        n_permutations (int): PCACE's permutation null, as in :meth:`NeuronPCACE.attribute`
+                    (p-values in ``pcace_null``, the threshold and the significant count in
+                    each row; a ``PCACEWarning`` per layer where no channel beats it or the
+                    images are too few); 0 turns it off (keyword-only). Default: 20.
 
     Returns:
         LayerComparison: per-layer rows, the fitted ELFA objects and the PCACE scores.
@@ -240,6 +255,9 @@ def compare_layers(
     if pcace:
         _check_target(target)
         n_components = check_int("n_components", n_components, minimum=1)
+        n_permutations = check_int("n_permutations", n_permutations, minimum=0)
+        if random_state is not None:
+            random_state = check_int("random_state", random_state, minimum=0)
         if isinstance(inputs, Tensor) and inputs.dim() > 0 and inputs.shape[0] < MIN_IMAGES:
             raise CaptumElfaError(
                 f"PCACE needs at least {MIN_IMAGES} images, got {inputs.shape[0]}; pass more images or pcace=False"
@@ -330,6 +348,7 @@ def compare_layers(
         elfa[name] = lfa
 
     scores: Dict[str, Tensor] = {}
+    nulls: Dict[str, PCACENull] = {}
     y: Optional[Tensor] = None
     if state["pcace"]:
         y = torch.cat(ys)
@@ -355,10 +374,15 @@ def compare_layers(
                     f"'{name}'; choose 1 <= n_components <= {h * w}"
                 )
             acts = stores.pop(name).result()  # free each layer's activations once scored
-            scores[name] = pcace_statistics(acts, y, n_components, name)[0]
+            fit = pcace_fit(acts, y, n_components, name)
+            scores[name] = fit.scores
+            if n_permutations > 0:  # the permutations of NeuronPCACE.attribute with the same seed
+                nulls[name] = permutation_null(fit, n_permutations, random_state)
+            for message in reliability_messages(n_images, nulls.get(name)):
+                warnings.warn(f"layer '{name}': {message}", PCACEWarning, stacklevel=2)
 
-    rows = [_summary_row(name, elfa[name], scores.get(name)) for name in names]
-    return LayerComparison(names=names, rows=rows, elfa=elfa, pcace=scores, target_scores=y)
+    rows = [_summary_row(name, elfa[name], scores.get(name), nulls.get(name), y) for name in names]
+    return LayerComparison(names=names, rows=rows, elfa=elfa, pcace=scores, target_scores=y, pcace_null=nulls)
 
 
 def _one_output(output: Any, n: int) -> bool:
@@ -367,7 +391,9 @@ def _one_output(output: Any, n: int) -> bool:
     )
 
 
-def _summary_row(name: str, lfa: LayerFactorAnalysis, scores: Optional[Tensor]) -> Dict[str, Any]:
+def _summary_row(
+    name: str, lfa: LayerFactorAnalysis, scores: Optional[Tensor], null: Optional[PCACENull], y: Optional[Tensor]
+) -> Dict[str, Any]:
     a, m = lfa.adequacy_, lfa.metrics_
     row: Dict[str, Any] = {
         "layer": name,
@@ -386,6 +412,9 @@ def _summary_row(name: str, lfa: LayerFactorAnalysis, scores: Optional[Tensor]) 
         "pcace_max": None,
         "pcace_mean": None,
         "pcace_top_channels": None,
+        "pcace_n_images": None,
+        "pcace_threshold": None,
+        "pcace_significant": None,
     }
     if scores is not None:
         s = scores.detach().cpu().double()
@@ -393,4 +422,8 @@ def _summary_row(name: str, lfa: LayerFactorAnalysis, scores: Optional[Tensor]) 
         row["pcace_max"] = float(s.max())
         row["pcace_mean"] = float(s.mean())
         row["pcace_top_channels"] = order[:TOP_CHANNELS].tolist()
+        row["pcace_n_images"] = None if y is None else int(y.shape[0])
+    if null is not None:
+        row["pcace_threshold"] = float(null.threshold)
+        row["pcace_significant"] = int(null.significant.sum())
     return row
