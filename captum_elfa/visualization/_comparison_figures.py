@@ -83,6 +83,18 @@ def plot_layer_comparison(comparison: Any, figsize: Tuple[float, float] = (11.0,
         data = [pcace[n].detach().cpu().double().numpy() for n in names]
         ax.boxplot(data, positions=x, widths=0.5)
         ax.plot(x, col("pcace_max"), "r*", label="max")
+        thresholds = [r.get("pcace_threshold") for r in rows]
+        if any(t is not None for t in thresholds):
+            # each layer's family-wise 5% permutation threshold: channels below it are chance
+            ax.plot(
+                x,
+                [np.nan if t is None else t for t in thresholds],
+                "_",
+                color="tab:red",
+                ms=22,
+                mew=1.5,
+                label="FWER 5% null threshold",
+            )
         ax.set_ylim(0, 1.02)
         ax.set_title("PCACE scores per channel")
         _outside_legend(ax)
