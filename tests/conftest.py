@@ -27,6 +27,7 @@ def _seeded_torch() -> None:
     in test_compare_layers left two channels dead in some runs and failed)."""
     torch.manual_seed(0)
 
+
 #: test modules marked ``slow`` as a whole (``pytest -m "not slow"`` is the fast loop), and why
 SLOW_MODULES = {
     "test_tutorials": "executes every notebook",
