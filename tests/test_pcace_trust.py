@@ -142,14 +142,15 @@ def test_p_values_are_uniform_under_a_shuffled_target() -> None:
     assert family <= 11  # family-wise error about 5% (binomial(70, 0.05): P(> 11) < 1e-3)
 
 
-def test_null_in_side_by_side_chunks_equals_one_thread() -> None:
-    """60 channels x 20 permutations at N = 300: the null runs in chunks of _BIG_CHUNK_ROWS side by
-    side on the threads; the scores are those of one thread (grain-size chunks, one after another)."""
+@pytest.mark.parametrize("seed, c, n, p", [(4, 60, 300, 4), (5, 130, 120, 9), (6, 60, 500, 1)])
+def test_null_in_side_by_side_chunks_equals_one_thread(seed: int, c: int, n: int, p: int) -> None:
+    """c channels x 20 permutations: the null runs in chunks of _BIG_CHUNK_ROWS side by side on
+    the threads; the scores are those of one thread (grain-size chunks, one after another)."""
     from captum_elfa.stats import pcace as pcace_module
 
-    gen = torch.Generator().manual_seed(4)
-    fit = pcace_fit(_noise_acts(gen, 60, 300, 4), torch.randn(300, generator=gen, dtype=torch.float64))
-    assert 60 * 20 > pcace_module._BIG_CHUNK_ROWS  # more than one chunk
+    gen = torch.Generator().manual_seed(seed)
+    fit = pcace_fit(_noise_acts(gen, c, n, p), torch.randn(n, generator=gen, dtype=torch.float64))
+    assert c * 20 > pcace_module._BIG_CHUNK_ROWS  # more than one chunk
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)

@@ -193,7 +193,7 @@ class GradCAM(Analyzer):
         grads = to_nchw(raw_grads, cd, lay.token_grid, lay.drop_tokens, name)
         values = to_nchw(raw_values, cd, lay.token_grid, lay.drop_tokens, name)
         flat = grads.reshape(grads.shape[0], -1)
-        dead = [i for i in range(flat.shape[0]) if not bool(flat[i].any())]
+        dead = (~flat.any(1)).nonzero().flatten().tolist()  # one device sync, not one per image
         if dead:
             warnings.warn(
                 f"GradCAM: the gradient of the selected output with respect to layer '{name}' is 0 at every "
