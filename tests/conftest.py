@@ -12,6 +12,18 @@ import pytest
 import torch
 from threadpoolctl import threadpool_limits
 
+# numba compiles the statistics kernels once per process; with bytecode writing off (as in CI) it
+# would compile again in every subprocess a test starts (CLI, distributed ranks). One cache
+# folder for the session, inherited by the subprocesses, removed at exit.
+if not os.environ.get("NUMBA_CACHE_DIR"):
+    import atexit
+    import shutil
+    import tempfile
+
+    _numba_cache = tempfile.mkdtemp(prefix="captum-elfa-numba-")
+    os.environ["NUMBA_CACHE_DIR"] = _numba_cache
+    atexit.register(shutil.rmtree, _numba_cache, ignore_errors=True)
+
 # The tests' matrices are small: OpenBLAS worker threads spinning against torch's own threads on
 # a 2-core machine made the scikit-learn oracles 10x slower (numpy 1.26's OpenBLAS especially).
 _BLAS_LIMIT = threadpool_limits(limits=1, user_api="blas")

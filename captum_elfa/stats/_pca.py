@@ -4,8 +4,13 @@ convention), batched over channels, in float64."""
 
 from __future__ import annotations
 
+from typing import Optional
+
+import numpy as np
 import torch
 from torch import Tensor
+
+from captum_elfa.stats import _numba
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,26 +58,43 @@ def standardized_spectrum(
     c, n, p = acts.shape
     if not 1 <= n_components <= min(n, p):
         raise ValueError(f"n_components={n_components} must be between 1 and min(N, P)={min(n, p)}")
-    z = acts.to(torch.float64, copy=True)
+    return _spectrum(acts.to(torch.float64, copy=True), n_components, n_eigenvalues)
+
+
+def _spectrum(
+    z: Tensor, n_components: int, n_eigenvalues: int, work: Optional[Tensor] = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`standardized_spectrum` of the float64 maps ``z`` ``[C, N, P]``, which it centres
+    (and may scale) in place; ``work``, a float64 tensor of ``z``'s shape, holds the products of
+    the projection (so that blocks of channels reuse their memory)."""
+    c, n, p = z.shape
     mean = z.mean(1, keepdim=True)
+    # a NaN or Inf activation makes its column's mean non-finite (float64 sums of float32 values
+    # cannot overflow), so the means are the finiteness check
+    finite = torch.isfinite(mean).all(-1).squeeze(-1)
+    if not bool(finite.all()):
+        raise NonFiniteError((~finite).nonzero().squeeze(-1))
     z.sub_(mean)
-    var = (z * z).mean(1, keepdim=True)  # [C, 1, P]
+    centred_gram = z.transpose(1, 2) @ z if p <= n else None  # [C, P, P]
+    if centred_gram is not None:  # the variances are its diagonal over N
+        var = torch.diagonal(centred_gram, dim1=-2, dim2=-1).div(n).unsqueeze(1)  # [C, 1, P]
+    else:
+        var = (z * z).mean(1, keepdim=True)
     eps = torch.finfo(torch.float64).eps
     constant_col = var <= n * eps * var + (n * mean * eps) ** 2
     # 1 / scale, with constant columns (scikit-learn: centred, scale 1) set to exactly 0
     inv_scale = (1.0 / var.sqrt().masked_fill_(constant_col, 1.0)).masked_fill_(constant_col, 0.0)
     constant = constant_col.all(-1).squeeze(-1)
     n_eig = min(max(n_components, n_eigenvalues), min(n, p))
-    if p <= n:
+    if centred_gram is not None:
         # covariance of the standardised columns, scaled after the product of the centred ones
-        gram = (z.transpose(1, 2) @ z).mul_(inv_scale.transpose(1, 2)).mul_(inv_scale)  # [C, P, P]
-        evals, axes = _leading_eigenpairs(gram, n_eig)  # axes [C, P, e]
-        axes = axes[..., :n_components]
+        gram = centred_gram.mul_(inv_scale.transpose(1, 2)).mul_(inv_scale)  # [C, P, P]
+        evals, axes = _leading_eigenpairs(gram, n_eig, n_components)  # axes [C, P, k]
     else:
         z.mul_(inv_scale)
         gram = z @ z.transpose(1, 2)  # [C, N, N]
-        evals, u = _leading_eigenpairs(gram, n_eig)
-        axes = z.transpose(1, 2) @ u[..., :n_components]  # [C, P, k]
+        evals, u = _leading_eigenpairs(gram, n_eig, n_components)
+        axes = z.transpose(1, 2) @ u  # [C, P, k]
         axes = axes / axes.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
         inv_scale = torch.ones_like(inv_scale)
     total = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1, keepdim=True)
@@ -86,7 +108,9 @@ def standardized_spectrum(
     # scores of the standardised data: elementwise product and sum over pixels, so that identical
     # maps (all-zero ReLU maps) give exactly identical scores, i.e. ties
     weights = axes * inv_scale.transpose(1, 2)  # [C, P, k]
-    scores = torch.stack([(z * weights[..., j].unsqueeze(1)).sum(-1) for j in range(n_components)], 1)
+    scores = torch.stack(
+        [torch.mul(z, weights[..., j].unsqueeze(1).contiguous(), out=work).sum(-1) for j in range(n_components)], 1
+    )
     degenerate = evals[:, :n_components] <= 1e-12 * total.clamp_min(0)
     scores = scores.masked_fill(degenerate.unsqueeze(-1) | constant.view(c, 1, 1), 0.0)
     want = max(n_components, n_eigenvalues)
@@ -95,18 +119,38 @@ def standardized_spectrum(
     return scores, constant, evals.clamp_min(0.0), total.squeeze(-1)
 
 
-def _leading_eigenpairs(mats: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The ``k`` largest eigenvalues ``[B, k]`` and eigenvectors ``[B, d, k]`` (largest first) of a
-    batch of symmetric matrices ``[B, d, d]``.
+class NonFiniteError(ValueError):
+    """Activations with NaN or Inf values; ``channels`` holds the (block-relative) channels."""
+
+    def __init__(self, channels: Tensor) -> None:
+        super().__init__(f"NaN or Inf activations in channels {channels[:10].tolist()}")
+        self.channels = channels
+
+
+def _leading_eigenpairs(mats: Tensor, k: int, vectors: Optional[int] = None) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest eigenvalues ``[B, k]`` and the ``vectors`` (default ``k``, at most ``k``)
+    leading eigenvectors ``[B, d, vectors]`` (largest first) of a batch of symmetric matrices
+    ``[B, d, d]``.
 
     On CPU, LAPACK's ``dsyevr`` computes just the ``k`` wanted pairs of each matrix; a loop over
     the batch avoids ``torch.linalg.eigh``'s batched CPU path, which nests OpenMP regions and can
-    be orders of magnitude slower on a busy machine. Elsewhere, ``torch.linalg.eigh``.
+    be orders of magnitude slower on a busy machine. With numba the loop is compiled and runs in
+    blocks side by side on threads (:mod:`captum_elfa.stats._eigen_kernel`, the same LAPACK call).
+    Elsewhere, ``torch.linalg.eigh``.
     """
     b, d, _ = mats.shape
+    vectors = k if vectors is None else vectors
     if mats.device.type != "cpu":
         evals, evecs = torch.linalg.eigh(mats)
-        return evals[..., -k:].flip(-1), evecs[..., -k:].flip(-1)
+        return evals[..., -k:].flip(-1), evecs[..., -k:].flip(-1)[..., :vectors]
+    if _numba.load():
+        from captum_elfa.stats import _eigen_kernel
+
+        w, v, info = _eigen_kernel.leading_eigenpairs(mats.detach().numpy(), k, torch.get_num_threads(), vectors)
+        if bool((info != 0).any()):  # pragma: no cover - LAPACK failure
+            bad = int(np.flatnonzero(info)[0])
+            raise RuntimeError(f"LAPACK dsyevr failed with info={int(info[bad])} on matrix {bad}")
+        return torch.from_numpy(w), torch.from_numpy(v)
     from scipy.linalg import lapack
 
     arr = mats.detach().to(torch.float64).numpy()
@@ -118,4 +162,4 @@ def _leading_eigenpairs(mats: Tensor, k: int) -> tuple[Tensor, Tensor]:
             raise RuntimeError(f"LAPACK dsyevr failed with info={info} on matrix {i}")
         evals[i] = torch.from_numpy(w[:k][::-1].copy())
         evecs[i] = torch.from_numpy(v[:, :k][:, ::-1].copy())
-    return evals, evecs
+    return evals, evecs[..., :vectors]

@@ -37,16 +37,22 @@ Thresholds, measured on generated data (``python benchmarks/bench_pcace.py --nul
 from __future__ import annotations
 
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from captum_elfa._validation import CaptumElfaError, check_float, check_int
-from captum_elfa.stats.ace import ACEResult, ace, standardized_spectrum
+from captum_elfa.stats import _numba
+from captum_elfa.stats._pca import NonFiniteError, _spectrum
+from captum_elfa.stats.ace import ACEResult, ace
+
+_T = TypeVar("_T")
 
 __all__ = [
     "MIN_IMAGES",
@@ -80,6 +86,8 @@ MIN_INTERVAL_IMAGES = 200
 GAP_Z = 1.96
 #: float64 working memory per chunk of channels when standardising and projecting
 _CHUNK_BYTES = 1 << 26
+#: float64 maps per block of channels on the CPU (measured fastest at 2-8 MiB on two cores)
+_CACHE_BLOCK_BYTES = 1 << 22
 #: elements below which a PyTorch CPU operation runs on one thread (``at::internal::GRAIN_SIZE``)
 _GRAIN_SIZE = 32767
 #: rows per ACE chunk when a CPU batch is large enough to run chunks side by side, one thread each
@@ -496,9 +504,13 @@ def _standardized_components_chunked(
     index: Optional[Tensor] = None,
     n_eigenvalues: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """:func:`standardized_spectrum` over chunks of channels, checking the activations are finite.
+    """:func:`standardized_spectrum` over blocks of channels, checking the activations are finite.
 
-    ``index`` selects (and orders, possibly repeats) the images of every chunk.
+    ``index`` selects (and orders, possibly repeats) the images of every block. On the CPU the
+    blocks are small (about ``_CACHE_BLOCK_BYTES`` of float64 maps, so that every pass over them
+    stays in the core's cache) and run side by side on PyTorch's threads, one intra-op thread
+    each; elsewhere, blocks of about ``_CHUNK_BYTES`` of work arrays one after the other. Blocks
+    are independent: the results do not depend on the block size.
 
     Returns:
         (components, constant, eigenvalues, total, zero_fraction).
@@ -506,25 +518,95 @@ def _standardized_components_chunked(
     c, n, p = acts.shape
     if index is not None:
         n = index.numel()
-    chunk = _chunk_channels(n, p)
-    comps, consts, evals, totals, zeros = [], [], [], [], []
-    for start in range(0, c, chunk):
+        index = index.to(acts.device)
+    cpu = acts.device.type == "cpu"
+    chunk = _cache_block_channels(n, p) if cpu else _chunk_channels(n, p)
+    starts = list(range(0, c, chunk))
+
+    if not 1 <= n_components <= min(n, p):
+        raise ValueError(f"n_components={n_components} must be between 1 and min(N, P)={min(n, p)}")
+    if (
+        cpu
+        and n_components == 1
+        and n_eigenvalues <= 2
+        and p <= n
+        and acts.dtype in (torch.float32, torch.float64)
+        and _numba.load()
+    ):
+        return _components_compiled(acts, index, n, layer_name, max(1, n_eigenvalues))
+    local = threading.local()
+
+    def block_spectrum(start: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        # every thread reuses its own work arrays: fresh multi-megabyte tensors for every block
+        # cost more in page faults than the arithmetic on them
+        if not hasattr(local, "work"):
+            shape = (min(chunk, c), n, p)
+            local.work = (
+                torch.empty(shape, dtype=acts.dtype, device=acts.device),
+                torch.empty(shape, dtype=torch.float64, device=acts.device),
+                torch.empty(shape, dtype=torch.float64, device=acts.device),
+            )
         block = acts[start : start + chunk]
+        raw, z, prod = (t[: block.shape[0]] for t in local.work)
         if index is not None:
-            block = block.index_select(1, index.to(block.device))
-        if not bool(torch.isfinite(block).all()):
-            bad = (~torch.isfinite(block)).flatten(1).any(1).nonzero().squeeze(-1) + start
+            block = torch.index_select(block, 1, index, out=raw)
+        z.copy_(block)
+        # a map is 0 iff its absolute values sum to 0 (no cancellation; much faster than all())
+        zero_fraction = (torch.abs(z, out=prod).sum(-1) == 0).to(torch.float64).mean(-1)
+        try:
+            comp, const, ev, tot = _spectrum(z, n_components, n_eigenvalues, work=prod)
+        except NonFiniteError as err:
             raise CaptumElfaError(
                 f"layer '{layer_name}' produced NaN or Inf activations in channels "
-                f"{bad[:10].tolist()}; every activation must be finite"
-            )
-        comp, const, ev, tot = standardized_spectrum(block, n_components, n_eigenvalues)
-        comps.append(comp)
-        consts.append(const)
-        evals.append(ev)
-        totals.append(tot)
-        zeros.append((block == 0).all(-1).to(torch.float64).mean(-1))
+                f"{(err.channels[:10] + start).tolist()}; every activation must be finite"
+            ) from None
+        return comp, const, ev, tot, zero_fraction
+
+    parts = _side_by_side(block_spectrum, starts) if cpu else [block_spectrum(i) for i in starts]
+    comps, consts, evals, totals, zeros = zip(*parts)
     return torch.cat(comps), torch.cat(consts), torch.cat(evals), torch.cat(totals), torch.cat(zeros)
+
+
+def _components_compiled(
+    acts: Tensor, index: Optional[Tensor], n: int, layer_name: str, n_eigenvalues: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """What :func:`_standardized_components_chunked` returns for one component, computed one
+    channel at a time by :mod:`captum_elfa.stats._pca_kernel`."""
+    from captum_elfa.stats import _pca_kernel
+
+    arr = np.ascontiguousarray(acts.detach().numpy())
+    idx = np.arange(n, dtype=np.int64) if index is None else np.ascontiguousarray(index.numpy(), dtype=np.int64)
+    scores, evals, total, zero_fraction, status = _pca_kernel.channel_components(arr, idx, torch.get_num_threads())
+    bad = np.flatnonzero(status == 2)
+    if bad.size:
+        raise CaptumElfaError(
+            f"layer '{layer_name}' produced NaN or Inf activations in channels {bad[:10].tolist()}; "
+            "every activation must be finite"
+        )
+    failed = np.flatnonzero(status >= 3)
+    if failed.size:  # pragma: no cover - LAPACK failure
+        raise RuntimeError(f"LAPACK failed with info={int(status[failed[0]]) - 3} on channel {int(failed[0])}")
+    return (
+        torch.from_numpy(scores).unsqueeze(1),
+        torch.from_numpy(status == 1),
+        torch.from_numpy(evals[:, :n_eigenvalues].copy()),
+        torch.from_numpy(total),
+        torch.from_numpy(zero_fraction),
+    )
+
+
+def _side_by_side(fn: Callable[[int], _T], items: List[int]) -> List[_T]:
+    """``[fn(i) for i in items]`` on PyTorch's CPU threads, one intra-op thread each (the thread
+    count is restored afterwards); in order, and one after the other for a single item or thread."""
+    threads = torch.get_num_threads()
+    if len(items) < 2 or threads < 2:
+        return [fn(i) for i in items]
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=min(threads, len(items))) as pool:
+            return list(pool.map(fn, items))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _diagnostics(
@@ -553,7 +635,11 @@ def _batched_ace(components: Tensor, y: Tensor) -> ACEResult:
     """ACE over the rows of ``components`` ``[B, k, N]`` against ``y`` ``[N]`` (shared) or
     ``[B, N]`` (one per row); rows are independent problems.
 
-    On CPU the rows go in chunks small enough that every elementwise operation stays under
+    With numba, on the CPU and for one component, :func:`ace` runs the compiled kernel
+    (:mod:`captum_elfa.stats._ace_kernel`), which splits the rows over PyTorch's threads itself;
+    the rows go in chunks of at least ``_BIG_CHUNK_ROWS`` only to bound the memory.
+
+    Otherwise, on CPU the rows go in chunks small enough that every elementwise operation stays under
     PyTorch's parallel grain size (32768 elements): ACE is thousands of small operations, and
     forking OpenMP threads for each costs more than it gains (and stalls for whole scheduler time
     slices on a busy machine). A batch of many rows (a permutation null) goes in chunks of
@@ -568,7 +654,11 @@ def _batched_ace(components: Tensor, y: Tensor) -> ACEResult:
     b, k, n = components.shape
     rows = max(1, _CHUNK_BYTES * 4 // (8 * 40 * n))
     single_thread = False
-    if components.device.type == "cpu":
+    if components.device.type == "cpu" and k == 1 and _numba.load():
+        # the compiled ACE splits the rows over the threads itself (one row at a time, each
+        # independent: the results do not depend on the split)
+        rows = max(rows, _BIG_CHUNK_ROWS)
+    elif components.device.type == "cpu":
         small = max(8, _GRAIN_SIZE // ((n + 1) * k))
         # many rows (a permutation null): bigger chunks on one thread amortise the per-operation
         # overhead (measured about 2x faster than grain-size chunks on two threads)
@@ -600,6 +690,12 @@ def _batched_ace(components: Tensor, y: Tensor) -> ACEResult:
         torch.cat([r.rsq for r in parts]),
         torch.cat([r.outer_iterations for r in parts]),
     )
+
+
+def _cache_block_channels(n: int, p: int) -> int:
+    """Channels standardised and projected at once on the CPU: about ``_CACHE_BLOCK_BYTES`` of
+    float64 maps."""
+    return max(1, _CACHE_BLOCK_BYTES // (8 * n * p))
 
 
 def _chunk_channels(n: int, p: int) -> int:
