@@ -21,6 +21,7 @@ from torch import nn
 
 from captum_elfa._validation import CaptumElfaError
 from captum_elfa.attr.neuron_pcace import MIN_IMAGES, NeuronPCACE, pcace_statistics
+from captum_elfa.stats import _numba
 from captum_elfa.stats.ace import ace
 from captum_elfa.stats.pcace import (
     MIN_INTERVAL_IMAGES,
@@ -68,7 +69,11 @@ def _package_score(comp: np.ndarray, y: np.ndarray) -> float:
 # ---------------------------------------------------------------------------------------------
 # order invariance
 # ---------------------------------------------------------------------------------------------
-def test_permuting_images_changes_nothing_on_a_sparse_relu_layer() -> None:
+@pytest.mark.parametrize("kernels", [True, False], ids=["numba", "torch"])
+def test_permuting_images_changes_nothing_on_a_sparse_relu_layer(
+    kernels: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_numba, "ENABLED", kernels and _numba.ENABLED)  # both ways of computing
     net = SparseNet(seed=1).eval()
     x = torch.randn(60, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     pc = NeuronPCACE(net, net.act)
@@ -142,12 +147,17 @@ def test_p_values_are_uniform_under_a_shuffled_target() -> None:
     assert family <= 11  # family-wise error about 5% (binomial(70, 0.05): P(> 11) < 1e-3)
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["numba", "torch"])
 @pytest.mark.parametrize("seed, c, n, p", [(4, 60, 300, 4), (5, 130, 120, 9), (6, 60, 500, 1)])
-def test_null_in_side_by_side_chunks_equals_one_thread(seed: int, c: int, n: int, p: int) -> None:
-    """c channels x 20 permutations: the null runs in chunks of _BIG_CHUNK_ROWS side by side on
-    the threads; the scores are those of one thread (grain-size chunks, one after another)."""
+def test_null_in_side_by_side_chunks_equals_one_thread(
+    seed: int, c: int, n: int, p: int, kernels: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """c channels x 20 permutations: the null runs in blocks side by side on the threads (the
+    compiled ACE splits its rows over them; the torch ACE runs chunks of _BIG_CHUNK_ROWS, one
+    intra-op thread each); the scores are those of one thread."""
     from captum_elfa.stats import pcace as pcace_module
 
+    monkeypatch.setattr(_numba, "ENABLED", kernels and _numba.ENABLED)
     gen = torch.Generator().manual_seed(seed)
     fit = pcace_fit(_noise_acts(gen, c, n, p), torch.randn(n, generator=gen, dtype=torch.float64))
     assert c * 20 > pcace_module._BIG_CHUNK_ROWS  # more than one chunk
