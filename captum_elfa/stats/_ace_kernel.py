@@ -23,14 +23,11 @@ import numpy as np
 
 from captum_elfa.stats._numba import jit as _jit
 from captum_elfa.stats._numba import run_blocks
+from captum_elfa.stats._smoother import BASS_SPAN, LEVERAGE_TOL, MID_SPAN, TWEETER_SPAN, VARIANCE_EPS
 
-# the constants of captum_elfa.stats._smoother (repeated: numba compiles module globals as constants)
-_TWEETER = 0.05
-_MID = 0.2
-_BASS = 0.5
+# numba compiles these module globals into the kernels as constants
+_TWEETER, _MID, _BASS = TWEETER_SPAN, MID_SPAN, BASS_SPAN
 _SPANS = (_TWEETER, _MID, _BASS)
-_VARIANCE_EPS = 1.0e-3
-_LEVERAGE_TOL = 1.0e-9
 
 
 @_jit
@@ -61,7 +58,7 @@ def _axis(x: np.ndarray, span: float, out: np.ndarray) -> bool:
         if spread > 0:
             scale = spread
             break
-    threshold = (_VARIANCE_EPS * scale) ** 2
+    threshold = (VARIANCE_EPS * scale) ** 2
     sx = np.empty(n + 1)
     sxx = np.empty(n + 1)
     sx[0] = 0.0
@@ -86,7 +83,7 @@ def _axis(x: np.ndarray, span: float, out: np.ndarray) -> bool:
         denom = 1.0 - (1.0 / size + dx * slope_dx)
         out[0, i] = sx_w
         out[1, i] = slope_dx
-        if denom > _LEVERAGE_TOL:
+        if denom > LEVERAGE_TOL:
             out[2, i] = 1.0 / denom
             out[3, i] = 1.0
         else:
