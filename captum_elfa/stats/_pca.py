@@ -12,10 +12,21 @@ from torch import Tensor
 
 from captum_elfa.stats import _numba
 
+#: loadings whose magnitudes agree to this relative tolerance count as tied for PC1's sign
+SIGN_TIE = 1.0e-9
+#: a component whose eigenvalue is at most this fraction of the trace is set to exactly 0
+DEGENERATE = 1.0e-12
+
 
 # ---------------------------------------------------------------------------------------------
 # PCACE preprocessing
 # ---------------------------------------------------------------------------------------------
+def check_n_components(n_components: int, n: int, p: int) -> None:
+    """Raise a ValueError unless ``1 <= n_components <= min(n, p)``."""
+    if not 1 <= n_components <= min(n, p):
+        raise ValueError(f"n_components={n_components} must be between 1 and min(N, P)={min(n, p)}")
+
+
 def standardized_components(acts: Tensor, n_components: int) -> tuple[Tensor, Tensor]:
     """Standardise each pixel position over the images, then project on the leading principal axes.
 
@@ -56,8 +67,7 @@ def standardized_spectrum(
         are ``N`` times those of the covariance; ratios are what matter).
     """
     c, n, p = acts.shape
-    if not 1 <= n_components <= min(n, p):
-        raise ValueError(f"n_components={n_components} must be between 1 and min(N, P)={min(n, p)}")
+    check_n_components(n_components, n, p)
     return _spectrum(acts.to(torch.float64, copy=True), n_components, n_eigenvalues)
 
 
@@ -101,7 +111,7 @@ def _spectrum(
     # sign: largest |loading| positive, the first of those equal up to rounding on ties (with two
     # live pixels, the loadings are always +-1/sqrt(2): rounding noise must not pick the sign)
     mag = axes.abs()
-    near_max = mag >= mag.amax(1, keepdim=True) * (1.0 - 1e-9)
+    near_max = mag >= mag.amax(1, keepdim=True) * (1.0 - SIGN_TIE)
     big = near_max.to(torch.uint8).argmax(1, keepdim=True)
     signs = torch.sign(axes.gather(1, big))
     axes = axes * torch.where(signs == 0, 1.0, signs)
@@ -111,7 +121,7 @@ def _spectrum(
     scores = torch.stack(
         [torch.mul(z, weights[..., j].unsqueeze(1).contiguous(), out=work).sum(-1) for j in range(n_components)], 1
     )
-    degenerate = evals[:, :n_components] <= 1e-12 * total.clamp_min(0)
+    degenerate = evals[:, :n_components] <= DEGENERATE * total.clamp_min(0)
     scores = scores.masked_fill(degenerate.unsqueeze(-1) | constant.view(c, 1, 1), 0.0)
     want = max(n_components, n_eigenvalues)
     if want > n_eig:

@@ -16,14 +16,13 @@ import numpy as np
 
 from captum_elfa.stats._eigen_kernel import _top_pair, _top_workspace
 from captum_elfa.stats._numba import external, jit, run_blocks
+from captum_elfa.stats._pca import DEGENERATE, SIGN_TIE
 
 _dsyrk = external("cython_blas", "dsyrk", 10)
 
 _EPS = float(np.finfo(np.float64).eps)
-#: a loading within this relative distance of the largest magnitude counts as tied (first wins)
-_SIGN_TIE = 1.0e-9
-#: a leading eigenvalue at most this fraction of the trace counts as 0 (the component is 0)
-_DEGENERATE = 1.0e-12
+# numba compiles these module globals into the kernel as constants (the rules of _pca)
+_SIGN_TIE, _DEGENERATE = SIGN_TIE, DEGENERATE
 
 
 @jit

@@ -49,7 +49,7 @@ from torch import Tensor
 
 from captum_elfa._validation import CaptumElfaError, check_float, check_int
 from captum_elfa.stats import _numba
-from captum_elfa.stats._pca import NonFiniteError, _spectrum
+from captum_elfa.stats._pca import NonFiniteError, _spectrum, check_n_components
 from captum_elfa.stats.ace import ACEResult, ace
 
 _T = TypeVar("_T")
@@ -523,8 +523,7 @@ def _standardized_components_chunked(
     chunk = _cache_block_channels(n, p) if cpu else _chunk_channels(n, p)
     starts = list(range(0, c, chunk))
 
-    if not 1 <= n_components <= min(n, p):
-        raise ValueError(f"n_components={n_components} must be between 1 and min(N, P)={min(n, p)}")
+    check_n_components(n_components, n, p)
     if (
         cpu
         and n_components == 1
@@ -667,23 +666,12 @@ def _batched_ace(components: Tensor, y: Tensor) -> ACEResult:
     if b <= rows:
         return ace(components, y)
     per_row = y.dim() == 2
-    threads = torch.get_num_threads()
-    if single_thread:
-        torch.set_num_threads(1)
-    starts = range(0, b, rows)
 
     def chunk(i: int) -> ACEResult:
         return ace(components[i : i + rows], y[i : i + rows] if per_row else y)
 
-    try:
-        if single_thread and len(starts) > 1:
-            with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
-                parts = list(pool.map(chunk, starts))
-        else:
-            parts = [chunk(i) for i in starts]
-    finally:
-        if single_thread:
-            torch.set_num_threads(threads)
+    starts = list(range(0, b, rows))
+    parts = _side_by_side(chunk, starts) if single_thread else [chunk(i) for i in starts]
     return ACEResult(
         torch.cat([r.x_transforms for r in parts]),
         torch.cat([r.y_transform for r in parts]),
